@@ -1,0 +1,244 @@
+"""One function per ``tenant-migrate`` command, usable from Python.
+
+Like Alembic's ``alembic.command``, each function is a thin layer: it takes
+a :class:`~pyramid_tenantmigrate.migrator.TenantMigrator`, plans with
+:mod:`.plan` and runs with :mod:`.execute`. The console script only parses
+arguments around these.
+
+Schema-changing commands return a
+:class:`~pyramid_tenantmigrate.report.RunReport`; they do not raise when
+some tenants fail (the report says which), only when nothing could run.
+"""
+import os
+import shutil
+import sys
+
+from alembic import command as alembic_command
+
+from .errors import UsageError
+from .execute import execute_branch
+from .plan import (
+    DOWNGRADE, SHARED, STAMP, TENANT, UPGRADE,
+    BranchPlan, StepPlanner, branch_has_revisions, plan_branch,
+    resolve_destinations,
+)
+from .report import (
+    FAILED, REJECTED, BranchStatus, RunReport, SchemaResult, StatusReport,
+)
+from .tenants import select_tenants
+from .versions import SchemaVersion, read_schema_versions
+
+TEMPLATE_DIRECTORY = os.path.join(os.path.dirname(__file__), "template")
+
+
+def init(migrator, directory=None):
+    """Write a new migrations folder (``env.py``, ``script.py.mako``,
+    ``versions/shared/``, ``versions/tenant/``) and return its path.
+
+    ``directory`` defaults to the ``tenantmigrate.script_location`` setting.
+    An existing non-empty folder is left alone.
+    """
+    target = os.path.abspath(directory or migrator.script_location)
+    if os.path.isdir(target) and os.listdir(target):
+        raise UsageError(
+            f"{target} already exists and is not empty; nothing was written")
+    shutil.copytree(TEMPLATE_DIRECTORY, target, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
+def revision(migrator, message, branch, rev_id=None, autogenerate=False):
+    """Write a new revision file on ``branch`` (``shared`` or ``tenant``).
+
+    The first revision of a branch starts it and carries its branch label;
+    later ones follow the branch's head. Returns Alembic's ``Script``.
+    """
+    if branch not in (SHARED, TENANT):
+        raise UsageError(
+            f"unknown branch {branch!r}: use --branch shared or "
+            "--branch tenant")
+    if branch_has_revisions(migrator.script, branch):
+        head, branch_label = f"{branch}@head", None
+    else:
+        head, branch_label = "base", branch
+    return alembic_command.revision(
+        migrator.alembic_config, message=message, head=head,
+        branch_label=branch_label, version_path=migrator.version_path(branch),
+        rev_id=rev_id, autogenerate=autogenerate,
+    )
+
+
+def upgrade(migrator, target="heads", **options):
+    """Upgrade the shared schema, then the tenants, to ``target``.
+
+    ``target`` is ``heads`` (default), ``shared``/``tenant`` (that branch's
+    head), ``tenant@<rev>``, ``tenant@+1`` or a revision id. See
+    :func:`run` for the options.
+    """
+    return run(migrator, UPGRADE, target, **options)
+
+
+def downgrade(migrator, target, **options):
+    """Downgrade the tenants, then the shared schema, to ``target``
+    (e.g. ``tenant@-1``, ``tenant@base``, ``base``). See :func:`run`."""
+    return run(migrator, DOWNGRADE, target, **options)
+
+
+def stamp(migrator, target, **options):
+    """Set version tables to ``target`` without running migrations.
+    See :func:`run`."""
+    return run(migrator, STAMP, target, **options)
+
+
+def _split_range(target, sql):
+    if target and ":" in target:
+        if not sql:
+            raise UsageError(
+                f"range {target!r} is only for --sql (offline) mode")
+        start, _, end = target.partition(":")
+        return start or None, end
+    return None, target
+
+
+def _tenant_selection(migrator, connection, tenants, exclude_tenants):
+    discovered = migrator.discover_tenants(connection)
+    return select_tenants(discovered, migrator.shared_schema,
+                          only=tenants, exclude=exclude_tenants)
+
+
+def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
+        sql=False, output=None, fail_fast=None, create_missing=False,
+        progress=None, config_uri=None):
+    """Plan and execute ``operation`` (upgrade, downgrade or stamp).
+
+    - ``tenants`` / ``exclude_tenants``: narrow the tenant branch to these
+      schemas (``--tenant`` / ``--exclude-tenant``).
+    - ``sql``: write the SQL to ``output`` instead of running it (offline
+      mode). Each schema's section starts from that schema's current
+      revision, read from the database, or from ``start`` when ``target``
+      is a ``start:end`` range.
+    - ``fail_fast``: stop at the first failing tenant (default: the
+      ``tenantmigrate.fail_fast`` setting). The shared branch failing always
+      stops the run before any tenant.
+    - ``create_missing``: create tenant schemas the source lists but the
+      database does not have, instead of reporting them.
+    - ``progress``: called with ``(branch, SchemaResult)`` after each schema.
+    """
+    if fail_fast is None:
+        fail_fast = migrator.settings.fail_fast
+    output = output if output is not None else sys.stdout
+    start, target = _split_range(target, sql)
+    script = migrator.script
+    destinations = resolve_destinations(script, operation, target)
+    report = RunReport(operation, config_uri=config_uri)
+
+    for branch, destination in destinations:
+        planner = StepPlanner(script, operation, destination)
+        rejected = {}
+        if branch == SHARED:
+            schemas = [migrator.shared_schema]
+        else:
+            schemas = None
+        if sql and start is not None and (branch == SHARED or tenants):
+            # Offline with an explicit start: no database needed at all.
+            schemas = schemas or list(select_tenants(
+                list(tenants), migrator.shared_schema, only=tenants,
+                exclude=exclude_tenants).schemas)
+            heads = (start,) if start not in (None, "base") else ()
+            versions = {s: SchemaVersion(s, True, heads, bool(heads))
+                        for s in schemas}
+        else:
+            with migrator.connect() as connection:
+                if schemas is None:
+                    selection = _tenant_selection(
+                        migrator, connection, tenants, exclude_tenants)
+                    schemas, rejected = selection.schemas, selection.rejected
+                versions = read_schema_versions(
+                    connection, schemas, migrator.settings.version_table)
+            if start is not None:
+                heads = (start,) if start != "base" else ()
+                versions = {s: SchemaVersion(s, v.exists, heads, bool(heads))
+                            for s, v in versions.items()}
+
+        plan = plan_branch(planner, branch, versions, schemas)
+        branch_report, aborted = execute_branch(
+            migrator, plan, planner, as_sql=sql, output=output,
+            fail_fast=fail_fast, create_missing=create_missing,
+            progress=progress)
+        for name, reason in rejected.items():
+            branch_report.results.append(
+                SchemaResult(name, REJECTED, error=reason))
+        report.branches.append(branch_report)
+        if aborted:
+            report.aborted = aborted
+            break
+        if branch_report.failures and (branch == SHARED or fail_fast):
+            if branch == SHARED and len(destinations) > 1:
+                report.aborted = (
+                    "the shared schema failed, so no tenant was migrated "
+                    "(tenant revisions may depend on it)")
+            break
+    return report.finish()
+
+
+def current(migrator, tenants=(), exclude_tenants=()):
+    """Report the shared schema's revision and every tenant's, with how far
+    each is behind its branch's head. Returns a
+    :class:`~pyramid_tenantmigrate.report.StatusReport`."""
+    script = migrator.script
+    status = StatusReport()
+    version_table = migrator.settings.version_table
+    with migrator.connect() as connection:
+        for branch in (SHARED, TENANT):
+            if branch == SHARED:
+                schemas, rejected = [migrator.shared_schema], {}
+            else:
+                selection = _tenant_selection(migrator, connection, tenants,
+                                              exclude_tenants)
+                schemas, rejected = selection.schemas, selection.rejected
+            versions = read_schema_versions(connection, schemas,
+                                            version_table)
+            status.branches.append(
+                _branch_status(script, branch, versions, schemas, rejected))
+    return status
+
+
+def _branch_status(script, branch, versions, schemas, rejected):
+    if branch_has_revisions(script, branch):
+        head = tuple(sorted(
+            r.revision for r in script.get_revisions(f"{branch}@head")))
+        planner = StepPlanner(script, UPGRADE, f"{branch}@head")
+    else:
+        head, planner = (), None
+    result = BranchStatus(branch, head, rejected=rejected)
+    for schema in schemas:
+        version = versions[schema]
+        behind = 0
+        if planner is not None:
+            try:
+                behind = len(planner.steps_for(version.heads))
+            except Exception:
+                behind = None
+        result.schemas.append((schema, version.heads, behind, version.exists))
+    return result
+
+
+def history(migrator, rev_range=None, verbose=False, output=None):
+    """Print the revision history (both branches), as ``alembic history``."""
+    _with_stdout(migrator, output, alembic_command.history,
+                 rev_range=rev_range, verbose=verbose)
+
+
+def heads(migrator, verbose=False, output=None):
+    """Print the head of each branch, as ``alembic heads``."""
+    _with_stdout(migrator, output, alembic_command.heads, verbose=verbose)
+
+
+def _with_stdout(migrator, output, fn, **kw):
+    config = migrator.alembic_config
+    saved = config.stdout
+    config.stdout = output if output is not None else sys.stdout
+    try:
+        fn(config, **kw)
+    finally:
+        config.stdout = saved

@@ -1,0 +1,56 @@
+"""Exceptions raised by pyramid_tenantmigrate.
+
+The console script maps them to exit codes: :class:`ConfigurationError` and
+:class:`UsageError` exit 2 (nothing ran), :class:`MigrationFailed` and
+:class:`DatabaseUnavailable` exit 1 (the work failed).
+"""
+
+
+class TenantMigrateError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigurationError(TenantMigrateError):
+    """A ``tenantmigrate.*`` setting is missing, malformed or contradictory.
+
+    The message names the setting and what to write instead.
+    """
+
+    exit_code = 2
+
+
+class UsageError(TenantMigrateError):
+    """A command was called with arguments that cannot work.
+
+    Unknown revision, unknown tenant, a branch that does not exist: nothing
+    has been changed when this is raised.
+    """
+
+    exit_code = 2
+
+
+class InvalidSchemaName(UsageError):
+    """A tenant schema name is not one this package will run SQL for."""
+
+    def __init__(self, name, reason):
+        self.name = name
+        self.reason = reason
+        super().__init__(f"invalid tenant schema name {name!r}: {reason}")
+
+
+class DatabaseUnavailable(TenantMigrateError):
+    """The database could not be reached, or went away during a run."""
+
+
+class MigrationFailed(TenantMigrateError):
+    """Raised by the Python API when a run finished with failed tenants.
+
+    ``report`` holds the :class:`~pyramid_tenantmigrate.report.RunReport`
+    with every tenant's outcome.
+    """
+
+    def __init__(self, report):
+        self.report = report
+        super().__init__(report.failure_summary())

@@ -1,0 +1,252 @@
+"""Executing a plan: one transaction per schema, failures isolated.
+
+:func:`execute_branch` runs the project's ``env.py`` once per branch with a
+:class:`BranchRun` job in the Alembic config; ``env.py`` calls
+:func:`pyramid_tenantmigrate.environment.run_env`, which hands the job
+Alembic's ``context`` and the options the user passed. The job then walks the
+planned schemas. For each one it opens a transaction *itself* (so a commit is
+a commit: Alembic's ``begin_transaction`` is a no-op inside it under
+SQLAlchemy 2), points ``search_path`` at the schema with ``SET LOCAL`` (which
+ends with the transaction and never leaks into the pool), tells Alembic to
+keep the version table in that schema, and runs the steps.
+
+A failing schema is rolled back to exactly where it was and recorded; the
+run goes on unless ``fail_fast`` is set. When the database itself goes away,
+the run stops and the schemas not attempted are reported as such.
+"""
+import time
+
+from alembic.runtime.environment import EnvironmentContext
+from sqlalchemy.exc import DBAPIError
+
+from .errors import ConfigurationError, DatabaseUnavailable
+from .names import quote_schema
+from .report import (
+    DONE, FAILED, MISSING, NOT_RUN, RENDERED, UP_TO_DATE,
+    BranchReport, SchemaResult,
+)
+
+#: Key under which the running job sits in ``Config.attributes``.
+JOB_KEY = "tenantmigrate.job"
+
+
+def search_path_sql(schema, extra_schemas=()):
+    """``SET LOCAL search_path`` for a schema, every name quoted."""
+    path = ", ".join(quote_schema(s) for s in (schema, *extra_schemas))
+    return f"SET LOCAL search_path TO {path}"
+
+
+def _error_text(exc):
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        text = str(exc.orig).strip()
+    else:
+        text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
+
+
+def _is_disconnect(exc):
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class BranchRun:
+    """The job ``env.py`` runs for one branch: migrate or render schemas."""
+
+    def __init__(self, migrator, plan, *, as_sql=False, output=None,
+                 fail_fast=False, create_missing=False, progress=None):
+        self.migrator = migrator
+        self.plan = plan
+        self.as_sql = as_sql
+        self.output = output
+        self.fail_fast = fail_fast
+        self.create_missing = create_missing
+        self.progress = progress
+        self.results = []
+        self.aborted = None
+        self.started = False
+        self._connection = None
+
+    @property
+    def target_metadata(self):
+        settings = self.migrator.settings
+        if self.plan.branch == "shared":
+            return settings.shared_metadata
+        return settings.tenant_metadata
+
+    def run(self, env, configure_options):
+        """Called from ``env.py`` through ``run_env``."""
+        self.started = True
+        stop_reason = None
+        try:
+            for schema_plan in self.plan.pending:
+                if stop_reason is not None:
+                    self._record(SchemaResult(
+                        schema_plan.schema, NOT_RUN, schema_plan.from_heads,
+                        schema_plan.to_heads, error=stop_reason))
+                    continue
+                if self.as_sql:
+                    result = self._render_one(env, schema_plan,
+                                              configure_options)
+                else:
+                    result = self._migrate_one(env, schema_plan,
+                                               configure_options)
+                self._record(result)
+                if self.aborted is not None:
+                    stop_reason = f"not attempted: {self.aborted}"
+                elif not result.ok and self.fail_fast:
+                    stop_reason = ("not attempted: --fail-fast stopped the "
+                                   f"run after {result.schema} failed")
+        finally:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def _record(self, result):
+        self.results.append(result)
+        if self.progress is not None:
+            self.progress(self.plan.branch, result)
+
+    def _search_path(self, schema):
+        return search_path_sql(schema, self.migrator.settings.extra_search_path)
+
+    def _connect(self):
+        if self._connection is None or self._connection.invalidated:
+            if self._connection is not None:
+                self._connection.close()
+            self._connection = self.migrator.connect()
+        return self._connection
+
+    def _version_options(self, schema):
+        return {
+            "version_table": self.migrator.settings.version_table,
+            "version_table_schema": schema,
+            "target_metadata": self.target_metadata,
+        }
+
+    def _migrate_one(self, env, schema_plan, options):
+        schema = schema_plan.schema
+        started = time.monotonic()
+        applied = []
+
+        def count_applied(ctx, step, heads, run_args):
+            applied.append((step, heads))
+
+        result = SchemaResult(schema, DONE, schema_plan.from_heads,
+                              schema_plan.to_heads)
+        if not schema_plan.exists and not self.create_missing:
+            result.status = MISSING
+            result.error = (
+                "the tenant source lists this schema but it does not exist; "
+                "create it (tenant-migrate <ini> upgrade --create-missing) "
+                "or remove it from the tenant source"
+            )
+            return result
+        try:
+            connection = self._connect()
+            with connection.begin():
+                if not schema_plan.exists:
+                    connection.exec_driver_sql(
+                        f"CREATE SCHEMA {quote_schema(schema)}")
+                connection.exec_driver_sql(self._search_path(schema))
+                env.configure(
+                    connection=connection,
+                    on_version_apply=[count_applied,
+                                      *options.get("on_version_apply", ())],
+                    **self._version_options(schema),
+                    **{k: v for k, v in options.items()
+                       if k != "on_version_apply"},
+                )
+                env.run_migrations()
+        except DatabaseUnavailable as exc:
+            result.status = FAILED
+            result.error = str(exc)
+            self.aborted = str(exc)
+        except Exception as exc:
+            result.status = FAILED
+            result.error = _error_text(exc)
+            if len(applied) < len(schema_plan.steps):
+                step = schema_plan.steps[len(applied)]
+                revision = getattr(step, "revision", None)
+                if revision is not None:
+                    result.failed_revision = revision.revision
+            if _is_disconnect(exc):
+                self._check_database(schema)
+        else:
+            # What Alembic actually applied, which differs from the plan
+            # only if another process moved this schema meanwhile.
+            result.revisions = tuple(
+                ",".join(info.up_revision_ids) for info, _ in applied)
+            if applied:
+                result.to_heads = tuple(sorted(applied[-1][1]))
+        result.duration = time.monotonic() - started
+        return result
+
+    def _check_database(self, schema):
+        """After a lost connection, decide whether the run can go on."""
+        try:
+            self._connect()
+        except DatabaseUnavailable as exc:
+            self.aborted = (f"the database went away while migrating "
+                            f"{schema}: {exc}")
+
+    def _render_one(self, env, schema_plan, options):
+        schema = schema_plan.schema
+        out = self.output
+        from_heads = ",".join(schema_plan.from_heads) or "base"
+        to_heads = ",".join(schema_plan.to_heads) or "base"
+        out.write(f"\n-- {self.plan.branch} schema {schema}: "
+                  f"{self.plan.operation} {from_heads} -> {to_heads}\n")
+        if not schema_plan.exists:
+            out.write(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)};"
+                      "\n\n")
+        starting = ",".join(schema_plan.from_heads) or None
+        env.configure(
+            dialect_name="postgresql",
+            as_sql=True,
+            literal_binds=True,
+            output_buffer=out,
+            starting_rev=starting,
+            **self._version_options(schema),
+            **options,
+        )
+        with env.begin_transaction():
+            env.execute(self._search_path(schema))
+            env.run_migrations()
+        return SchemaResult(schema, RENDERED, schema_plan.from_heads,
+                            schema_plan.to_heads,
+                            revisions=schema_plan.revisions)
+
+
+def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
+                   fail_fast=False, create_missing=False, progress=None):
+    """Run ``plan`` through the project's ``env.py``; return a report."""
+    report = BranchReport(plan.branch, plan.operation, plan.destination)
+    for schema_plan in plan.current:
+        report.results.append(SchemaResult(
+            schema_plan.schema, UP_TO_DATE, schema_plan.from_heads,
+            schema_plan.to_heads))
+    for schema, reason in plan.unplannable.items():
+        report.results.append(SchemaResult(schema, FAILED, error=reason))
+    if not plan.pending:
+        return report, None
+
+    job = BranchRun(migrator, plan, as_sql=as_sql, output=output,
+                    fail_fast=fail_fast, create_missing=create_missing,
+                    progress=progress)
+    config = migrator.alembic_config
+    config.attributes[JOB_KEY] = job
+    try:
+        with EnvironmentContext(
+            config, migrator.script, fn=planner, as_sql=as_sql,
+            destination_rev=plan.destination,
+        ):
+            migrator.script.run_env()
+    finally:
+        config.attributes.pop(JOB_KEY, None)
+    if not job.started:
+        raise ConfigurationError(
+            f"{migrator.script.dir}/env.py did not call "
+            "pyramid_tenantmigrate.environment.run_env(context): nothing was "
+            "migrated; see the env.py written by 'tenant-migrate <ini> init'"
+        )
+    report.results.extend(job.results)
+    return report, job.aborted

@@ -1,0 +1,104 @@
+"""The migrator: one object holding what every command needs.
+
+A :class:`TenantMigrator` is built from an app's settings. It owns the
+database engine, the Alembic configuration and the script directory (loaded
+once, so the revision map is read once per run, not once per tenant), and
+knows where tenants come from. Commands in :mod:`.commands` take it as their
+first argument, the way Alembic's commands take a ``Config``.
+"""
+import os
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from pyramid.decorator import reify
+from sqlalchemy import create_engine
+from sqlalchemy.exc import DBAPIError
+
+from .embedded import resolve_url
+from .errors import ConfigurationError, DatabaseUnavailable
+from .settings import PREFIX, parse_settings
+from .tenants import discover_tenant_schemas
+
+MIGRATOR_KEY = "tenantmigrate.migrator"
+
+
+class TenantMigrator:
+    """Migrates the shared schema and every tenant schema of one database.
+
+    ``settings`` is a :class:`~pyramid_tenantmigrate.settings.MigrateSettings`;
+    ``engine`` may be given to share the app's engine, otherwise one is
+    created from the settings' URL on first use.
+    """
+
+    def __init__(self, settings, engine=None):
+        self.settings = settings
+        if engine is not None:
+            self.engine = engine
+
+    @classmethod
+    def from_settings(cls, app_settings, engine=None):
+        """Build a migrator from an app's settings dict."""
+        return cls(parse_settings(app_settings), engine=engine)
+
+    @property
+    def shared_schema(self):
+        return self.settings.shared_schema
+
+    @property
+    def script_location(self):
+        return self.settings.script_location
+
+    def version_path(self, branch):
+        """The folder holding ``branch``'s revision files."""
+        return os.path.join(self.script_location, "versions", branch)
+
+    @reify
+    def engine(self):
+        url = resolve_url(self.settings.url)
+        try:
+            return create_engine(url)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"database URL {self.settings.url!r} (from {PREFIX}url or "
+                f"sqlalchemy.url) is not usable: {exc}"
+            ) from None
+
+    @reify
+    def alembic_config(self):
+        if not os.path.isdir(self.script_location):
+            raise ConfigurationError(
+                f"migrations folder {self.script_location} does not exist "
+                f"({PREFIX}script_location): create it with "
+                "'tenant-migrate <ini> init'"
+            )
+        config = Config()
+        config.set_main_option("script_location", self.script_location)
+        config.set_main_option("path_separator", "os")
+        config.set_main_option("version_locations", os.pathsep.join(
+            self.version_path(branch) for branch in ("shared", "tenant")))
+        config.attributes[MIGRATOR_KEY] = self
+        return config
+
+    @reify
+    def script(self):
+        return ScriptDirectory.from_config(self.alembic_config)
+
+    def connect(self):
+        """Open a connection, or raise DatabaseUnavailable saying why not."""
+        try:
+            return self.engine.connect()
+        except DBAPIError as exc:
+            message = " ".join(str(exc.orig or exc).split())
+            raise DatabaseUnavailable(
+                f"cannot connect to the database: {message}; check "
+                f"sqlalchemy.url / {PREFIX}url and that the server is running"
+            ) from None
+
+    def discover_tenants(self, connection):
+        """Return the tenant schema names the configured source lists."""
+        return discover_tenant_schemas(connection, self.settings)
+
+    def close(self):
+        """Release the engine's pooled connections."""
+        if "engine" in self.__dict__:
+            self.engine.dispose()

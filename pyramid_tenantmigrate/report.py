@@ -1,0 +1,285 @@
+"""What a run did, per schema: the report a command prints and returns.
+
+A :class:`RunReport` holds one :class:`BranchReport` per branch the command
+touched, each with one :class:`SchemaResult` per schema. It renders as text
+for people (:meth:`RunReport.render_text`) and as JSON for CI
+(:meth:`RunReport.to_dict`).
+"""
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+#: A schema's outcome. ``done`` and ``up-to-date`` are successes, the rest
+#: make the run fail (exit 1).
+DONE = "done"
+UP_TO_DATE = "up-to-date"
+RENDERED = "rendered"
+FAILED = "failed"
+NOT_RUN = "not-run"
+REJECTED = "rejected"
+MISSING = "missing"
+
+SUCCESS_STATUSES = frozenset({DONE, UP_TO_DATE, RENDERED})
+
+
+def _revs(heads):
+    return ",".join(heads) if heads else "base"
+
+
+@dataclass
+class SchemaResult:
+    """The outcome for one schema (the shared one or a tenant)."""
+
+    schema: str
+    status: str
+    from_heads: tuple = ()
+    to_heads: tuple = ()
+    revisions: tuple = ()
+    error: str = None
+    failed_revision: str = None
+    duration: float = 0.0
+
+    @property
+    def ok(self):
+        return self.status in SUCCESS_STATUSES
+
+    def to_dict(self):
+        return {
+            "schema": self.schema,
+            "status": self.status,
+            "from": list(self.from_heads),
+            "to": list(self.to_heads),
+            "revisions": list(self.revisions),
+            "error": self.error,
+            "failed_revision": self.failed_revision,
+            "duration_ms": round(self.duration * 1000, 3),
+        }
+
+
+@dataclass
+class BranchReport:
+    """The outcome of one branch's part of a run."""
+
+    branch: str
+    operation: str
+    destination: str
+    results: list = field(default_factory=list)
+    note: str = None
+
+    def count(self, status):
+        return sum(1 for r in self.results if r.status == status)
+
+    @property
+    def failures(self):
+        return [r for r in self.results if not r.ok]
+
+    def to_dict(self):
+        counts = {}
+        for result in self.results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        return {
+            "branch": self.branch,
+            "operation": self.operation,
+            "destination": self.destination,
+            "note": self.note,
+            "counts": counts,
+            "schemas": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclass
+class RunReport:
+    """Everything a schema-changing command did."""
+
+    command: str
+    branches: list = field(default_factory=list)
+    started: datetime = field(
+        default_factory=lambda: datetime.now(timezone.utc)
+    )
+    finished: datetime = None
+    aborted: str = None
+    config_uri: str = None
+
+    @property
+    def ok(self):
+        return self.aborted is None and not any(
+            b.failures for b in self.branches
+        )
+
+    @property
+    def failures(self):
+        return [(b, r) for b in self.branches for r in b.failures]
+
+    def finish(self):
+        self.finished = datetime.now(timezone.utc)
+        return self
+
+    def to_dict(self):
+        return {
+            "command": self.command,
+            "ok": self.ok,
+            "started": self.started.isoformat(),
+            "finished": self.finished.isoformat() if self.finished else None,
+            "aborted": self.aborted,
+            "branches": [b.to_dict() for b in self.branches],
+        }
+
+    def _retry_hint(self, schemas):
+        ini = self.config_uri or "<ini>"
+        selection = " ".join(f"--tenant {name}" for name in schemas[:5])
+        if len(schemas) > 5:
+            selection += " ..."
+        return f"tenant-migrate {ini} {self.command} {selection}".rstrip()
+
+    def failure_summary(self):
+        """A few lines naming each failed schema, its revision and error."""
+        lines = []
+        if self.aborted:
+            lines.append(f"run stopped: {self.aborted}")
+        for branch, result in self.failures:
+            if result.status == NOT_RUN:
+                continue
+            where = f" at revision {result.failed_revision}" if (
+                result.failed_revision) else ""
+            lines.append(
+                f"FAILED {branch.branch} schema {result.schema}{where}: "
+                f"{result.error}"
+            )
+        not_run = [r.schema for _, r in self.failures if r.status == NOT_RUN]
+        if not_run:
+            lines.append(
+                f"{len(not_run)} schema(s) not attempted: "
+                + ", ".join(not_run[:10])
+                + (" ..." if len(not_run) > 10 else "")
+            )
+        failed_tenants = [
+            r.schema for b, r in self.failures
+            if b.branch == "tenant" and r.status in (FAILED, NOT_RUN)
+        ]
+        if failed_tenants:
+            lines.append(
+                "Each failed tenant was rolled back and is still at its "
+                "previous revision. Fix the cause, then re-run: "
+                + self._retry_hint(failed_tenants)
+            )
+        return "\n".join(lines)
+
+    def render_text(self):
+        """The human summary printed by the console script."""
+        lines = []
+        for branch in self.branches:
+            lines.append(_render_branch(branch))
+        if not self.ok:
+            lines.append(self.failure_summary())
+        return "\n".join(line for line in lines if line)
+
+
+def _render_branch(branch):
+    if branch.note:
+        return f"{branch.branch}: {branch.note}"
+    if branch.branch == "shared":
+        if not branch.results:
+            return "shared: nothing to do"
+        result = branch.results[0]
+        if result.status == UP_TO_DATE:
+            return (f"shared ({result.schema}): already at "
+                    f"{_revs(result.from_heads)}")
+        if result.status in (DONE, RENDERED):
+            return (f"shared ({result.schema}): {branch.operation} "
+                    f"{_revs(result.from_heads)} -> {_revs(result.to_heads)}")
+        return f"shared ({result.schema}): {result.status}"
+    counts = branch.to_dict()["counts"]
+    total = len(branch.results)
+    parts = [f"{counts[s]} {s}" for s in (
+        DONE, RENDERED, UP_TO_DATE, FAILED, MISSING, REJECTED, NOT_RUN
+    ) if counts.get(s)]
+    return (f"tenants: {total} selected, {branch.operation} to "
+            f"{branch.destination}: " + (", ".join(parts) or "none"))
+
+
+@dataclass
+class BranchStatus:
+    """Where one branch stands: its head and each schema's position.
+
+    ``schemas`` holds ``(schema, heads, behind, exists)`` tuples; ``behind``
+    counts the revisions up to the head, ``None`` when it cannot be told
+    (the version table names a revision the scripts do not have).
+    """
+
+    branch: str
+    head: tuple
+    schemas: list = field(default_factory=list)
+    rejected: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return {
+            "branch": self.branch,
+            "head": list(self.head),
+            "schemas": [
+                {"schema": s, "revision": list(h), "behind": b, "exists": e}
+                for s, h, b, e in self.schemas
+            ],
+            "rejected": self.rejected,
+        }
+
+
+@dataclass
+class StatusReport:
+    """What ``current`` found: the shared schema, then the tenants."""
+
+    branches: list = field(default_factory=list)
+
+    @property
+    def behind(self):
+        """Schemas that are not at their branch's head."""
+        return [(b.branch, s) for b in self.branches
+                for s, _, behind, exists in b.schemas
+                if behind or not exists]
+
+    def to_dict(self):
+        return {"branches": [b.to_dict() for b in self.branches],
+                "behind": len(self.behind)}
+
+    def render_text(self, verbose=False):
+        lines = []
+        for branch in self.branches:
+            head = _revs(branch.head)
+            if branch.branch == "shared":
+                for schema, heads, behind, exists in branch.schemas:
+                    lines.append(f"shared ({schema}): {_revs(heads)}"
+                                 + _position(heads, branch.head, behind))
+                continue
+            lines.append(f"tenants: {len(branch.schemas)} "
+                         f"(tenant head {head})")
+            groups = {}
+            for schema, heads, behind, exists in branch.schemas:
+                key = (heads, behind) if exists else ("missing", None)
+                groups.setdefault(key, []).append(schema)
+            for (heads, behind), schemas in sorted(
+                    groups.items(), key=lambda kv: -len(kv[1])):
+                if heads == "missing":
+                    label = "schema missing"
+                else:
+                    label = _revs(heads) + _position(heads, branch.head,
+                                                     behind)
+                if verbose:
+                    lines.append(f"  {label}:")
+                    lines.extend(f"    {s}" for s in schemas)
+                else:
+                    shown = ", ".join(schemas[:5])
+                    more = f", ... (+{len(schemas) - 5})" if len(
+                        schemas) > 5 else ""
+                    lines.append(f"  {label}: {len(schemas)} "
+                                 f"({shown}{more})")
+            for name, reason in branch.rejected.items():
+                lines.append(f"  rejected {name!r}: {reason}")
+        return "\n".join(lines)
+
+
+def _position(heads, head, behind):
+    if behind is None:
+        return " (unknown revision, not in the scripts)"
+    if behind == 0 and tuple(heads) == tuple(head):
+        return " (head)"
+    if behind == 0:
+        return ""
+    return f" (behind by {behind})"

@@ -1,0 +1,264 @@
+"""``tenant-migrate``: Alembic's commands for a schema-per-tenant database.
+
+Usage: ``tenant-migrate development.ini <command> [options] [var=value ...]``.
+The app's settings are read from the ini file (``tenantmigrate.*`` and
+``sqlalchemy.url``); ``var=value`` pairs fill ``%(var)s`` in it, as for
+``pserve``. Exit codes: 0 success, 1 some schema failed, 2 bad usage or
+configuration.
+"""
+import argparse
+import json
+import sys
+import textwrap
+
+from pyramid.paster import get_appsettings, setup_logging
+from pyramid.scripts.common import parse_vars
+
+from .. import commands
+from ..errors import TenantMigrateError, UsageError
+from ..migrator import TenantMigrator
+from ..report import SUCCESS_STATUSES
+
+
+def main(argv=sys.argv, quiet=False):
+    """Console script entry point; returns the exit code."""
+    command = TenantMigrateCommand(argv, quiet)
+    return command.run()
+
+
+def _add_tenant_selection(parser):
+    parser.add_argument(
+        "--tenant", action="append", default=[], metavar="NAME",
+        help="only this tenant schema (repeatable)")
+    parser.add_argument(
+        "--exclude-tenant", action="append", default=[], metavar="NAME",
+        help="skip this tenant schema (repeatable)")
+
+
+def _add_run_options(parser):
+    _add_tenant_selection(parser)
+    parser.add_argument(
+        "--sql", action="store_true",
+        help="print the SQL for each schema instead of running it "
+             "(offline mode); a 'start:end' target renders from 'start'")
+    parser.add_argument(
+        "--fail-fast", action="store_true", default=None,
+        help="stop at the first failing tenant (default: go on and report)")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print the run report as JSON on stdout")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="print a line per schema as it finishes")
+
+
+class TenantMigrateCommand:
+    """Parse arguments, load the app's settings, run one command."""
+
+    description = textwrap.dedent("""\
+        Run Alembic migrations for the shared schema and every tenant schema
+        of a Pyramid application's PostgreSQL database.
+
+        The 'shared' branch is applied once to the shared schema (public);
+        the 'tenant' branch to every tenant schema, each in its own
+        transaction and with its own version table. Settings come from the
+        application section of the ini file (tenantmigrate.*).
+    """)
+
+    get_appsettings = staticmethod(get_appsettings)
+    setup_logging = staticmethod(setup_logging)
+    stdout = sys.stdout
+    stderr = sys.stderr
+
+    def __init__(self, argv, quiet=False):
+        self.quiet = quiet
+        self.parser = self._make_parser()
+        self.argv = argv
+
+    def _make_parser(self):
+        parser = argparse.ArgumentParser(
+            prog="tenant-migrate", description=self.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("config_uri", help="the ini file, e.g. "
+                            "development.ini or development.ini#myapp")
+        sub = parser.add_subparsers(dest="command", metavar="command")
+        sub.required = True
+
+        p = sub.add_parser("init", help="write a new migrations folder")
+        p.add_argument("args", nargs="*", metavar="[directory] [var=value]")
+
+        p = sub.add_parser("revision", help="write a new revision file")
+        p.add_argument("-m", "--message", help="the revision's message")
+        p.add_argument("--branch", required=True, choices=["shared", "tenant"],
+                       help="the branch the revision belongs to")
+        p.add_argument("--rev-id", help="the revision id to use")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
+        p = sub.add_parser("upgrade", help="upgrade shared, then tenants")
+        p.add_argument("args", nargs="*", metavar="[target] [var=value]",
+                       help="heads (default), shared, tenant, tenant@<rev>, "
+                            "tenant@+1 or a revision id")
+        _add_run_options(p)
+        p.add_argument("--create-missing", action="store_true",
+                       help="create tenant schemas the tenant source lists "
+                            "but the database lacks")
+
+        p = sub.add_parser("downgrade", help="downgrade tenants, then shared")
+        p.add_argument("args", nargs="*", metavar="target [var=value]",
+                       help="tenant@-1, tenant@<rev>, tenant@base, base ...")
+        _add_run_options(p)
+
+        p = sub.add_parser("stamp",
+                           help="set version tables without migrating")
+        p.add_argument("args", nargs="*", metavar="target [var=value]")
+        _add_run_options(p)
+
+        p = sub.add_parser("current", help="show where each schema stands")
+        _add_tenant_selection(p)
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="list every tenant")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
+        p = sub.add_parser("history", help="list revisions")
+        p.add_argument("-r", "--rev-range", help="e.g. tenant@base:tenant@head")
+        p.add_argument("-v", "--verbose", action="store_true")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
+        p = sub.add_parser("heads", help="show each branch's head")
+        p.add_argument("-v", "--verbose", action="store_true")
+        p.add_argument("args", nargs="*", metavar="var=value")
+        return parser
+
+    def out(self, text):
+        if not self.quiet:
+            print(text, file=self.stdout)
+
+    def err(self, text):
+        print(text, file=self.stderr)
+
+    def run(self):
+        try:
+            self.options = self.parser.parse_args(self.argv[1:])
+        except SystemExit as exc:
+            return exc.code
+        positionals = [a for a in self.options.args if "=" not in a]
+        config_vars = parse_vars([a for a in self.options.args if "=" in a])
+        try:
+            return self._run(positionals, config_vars)
+        except TenantMigrateError as exc:
+            self.err(f"tenant-migrate: error: {exc}")
+            return exc.exit_code
+        finally:
+            migrator = getattr(self, "migrator", None)
+            if migrator is not None:
+                migrator.close()
+
+    def _load(self, config_uri, config_vars):
+        try:
+            self.setup_logging(config_uri, global_conf=config_vars)
+            settings = self.get_appsettings(config_uri, options=config_vars)
+        except (OSError, LookupError, ValueError) as exc:
+            raise UsageError(f"cannot read {config_uri}: {exc}") from None
+        self.migrator = TenantMigrator.from_settings(settings)
+        return self.migrator
+
+    def _run(self, positionals, config_vars):
+        options = self.options
+        command = options.command
+        migrator = self._load(options.config_uri, config_vars)
+        method = getattr(self, "command_" + command.replace("-", "_"))
+        return method(migrator, positionals)
+
+    def _one_positional(self, positionals, name, required):
+        if len(positionals) > 1:
+            raise UsageError(
+                f"{self.options.command} takes one {name}, got "
+                + " ".join(positionals))
+        if required and not positionals:
+            raise UsageError(f"{self.options.command} needs a {name}")
+        return positionals[0] if positionals else None
+
+    # One method per command, each a thin layer over commands.*
+
+    def command_init(self, migrator, positionals):
+        directory = self._one_positional(positionals, "directory", False)
+        path = commands.init(migrator, directory)
+        self.out(f"Wrote a migrations folder in {path}")
+        return 0
+
+    def command_revision(self, migrator, positionals):
+        self._one_positional(positionals, "argument", False)
+        script = commands.revision(
+            migrator, self.options.message, self.options.branch,
+            rev_id=self.options.rev_id)
+        self.out(f"Wrote {script.path} ({self.options.branch} branch)")
+        return 0
+
+    def command_upgrade(self, migrator, positionals):
+        target = self._one_positional(positionals, "target", False)
+        return self._run_report(commands.upgrade, migrator, target or "heads",
+                                create_missing=self.options.create_missing)
+
+    def command_downgrade(self, migrator, positionals):
+        target = self._one_positional(positionals, "target", True)
+        return self._run_report(commands.downgrade, migrator, target)
+
+    def command_stamp(self, migrator, positionals):
+        target = self._one_positional(positionals, "target", True)
+        return self._run_report(commands.stamp, migrator, target)
+
+    def _progress(self, branch, result):
+        if not result.ok:
+            where = (f" at revision {result.failed_revision}"
+                     if result.failed_revision else "")
+            self.err(f"FAILED {branch} {result.schema}{where}: "
+                     f"{result.error}")
+        elif self.options.verbose and not self.quiet:
+            print(f"{branch} {result.schema}: {result.status} "
+                  f"{','.join(result.from_heads) or 'base'} -> "
+                  f"{','.join(result.to_heads) or 'base'}",
+                  file=self.stderr if self.options.sql else self.stdout)
+
+    def _run_report(self, fn, migrator, target, **extra):
+        options = self.options
+        report = fn(
+            migrator, target, tenants=options.tenant,
+            exclude_tenants=options.exclude_tenant, sql=options.sql,
+            output=self.stdout, fail_fast=options.fail_fast,
+            progress=self._progress, config_uri=options.config_uri, **extra)
+        if options.json:
+            self.out(json.dumps(report.to_dict(), indent=2))
+        else:
+            # With --sql, stdout is the SQL script: the summary goes aside.
+            text = report.render_text()
+            if options.sql:
+                self.err(text)
+            else:
+                self.out(text)
+        return 0 if report.ok else 1
+
+    def command_current(self, migrator, positionals):
+        self._one_positional(positionals, "argument", False)
+        status = commands.current(migrator, tenants=self.options.tenant,
+                                  exclude_tenants=self.options.exclude_tenant)
+        if self.options.json:
+            self.out(json.dumps(status.to_dict(), indent=2))
+        else:
+            self.out(status.render_text(verbose=self.options.verbose))
+        return 0
+
+    def command_history(self, migrator, positionals):
+        self._one_positional(positionals, "argument", False)
+        commands.history(migrator, self.options.rev_range,
+                         self.options.verbose, output=self.stdout)
+        return 0
+
+    def command_heads(self, migrator, positionals):
+        self._one_positional(positionals, "argument", False)
+        commands.heads(migrator, self.options.verbose, output=self.stdout)
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main() or 0)

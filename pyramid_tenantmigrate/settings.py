@@ -1,0 +1,192 @@
+"""Every ``tenantmigrate.*`` setting, parsed and coerced in one place.
+
+The table below is the whole list of knobs: name (without the prefix),
+converter, default. :func:`parse_settings` turns an app's settings dict
+into a :class:`MigrateSettings`; a bad value raises
+:class:`~pyramid_tenantmigrate.errors.ConfigurationError` naming the
+setting.
+"""
+import os
+from dataclasses import dataclass, field
+
+from pyramid.path import AssetResolver, DottedNameResolver
+from pyramid.settings import asbool, aslist
+
+from .errors import ConfigurationError
+from .names import schema_name_problem
+
+PREFIX = "tenantmigrate."
+
+#: The sources a tenant list can come from; exactly one may be set.
+TENANT_SOURCE_SETTINGS = (
+    "tenant_schemas_query",
+    "tenant_schema_prefix",
+    "tenant_schema_pattern",
+    "tenant_source",
+)
+
+
+def _text(value):
+    value = str(value).strip()
+    return value or None
+
+
+def _aslist_flat(value):
+    return aslist(value, flatten=True)
+
+
+def _positive_int(value):
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+#: (name, converter, default) for every setting under ``tenantmigrate.``.
+SETTINGS = (
+    # Where the Alembic environment lives: a path or an asset spec
+    # (``myapp:migrations``).
+    ("script_location", _text, None),
+    # Database URL; defaults to the app's own ``sqlalchemy.url``.
+    ("url", _text, None),
+    # The schema that holds shared tables and the shared branch's version.
+    ("shared_schema", _text, "public"),
+    # Name of the version table, in the shared schema and in every tenant.
+    ("version_table", _text, "alembic_version"),
+    # Where tenants come from (one of these four):
+    ("tenant_schemas_query", _text, None),
+    ("tenant_schema_prefix", _text, None),
+    ("tenant_schema_pattern", _text, None),
+    ("tenant_source", _text, None),
+    # Schemas searched after the tenant's own while its revisions run, e.g.
+    # the schema holding extensions (citext, uuid-ossp).
+    ("extra_search_path", _aslist_flat, ()),
+    # MetaData objects for autogenerate, as dotted names.
+    ("shared_metadata", _text, None),
+    ("tenant_metadata", _text, None),
+    # Stop a run at the first failing tenant instead of going on.
+    ("fail_fast", asbool, False),
+)
+
+
+@dataclass(frozen=True)
+class MigrateSettings:
+    """The parsed settings; see :data:`SETTINGS` for what each one means."""
+
+    script_location: str
+    url: str
+    shared_schema: str = "public"
+    version_table: str = "alembic_version"
+    tenant_schemas_query: str = None
+    tenant_schema_prefix: str = None
+    tenant_schema_pattern: str = None
+    tenant_source: object = None
+    extra_search_path: tuple = ()
+    shared_metadata: object = None
+    tenant_metadata: object = None
+    fail_fast: bool = False
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tenant_source_setting(self):
+        """The name of the tenant source setting in use, or ``None``."""
+        for name in TENANT_SOURCE_SETTINGS:
+            if getattr(self, name) is not None:
+                return name
+        return None
+
+
+def _coerce(settings):
+    values = {}
+    for name, convert, default in SETTINGS:
+        raw = settings.get(PREFIX + name)
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            values[name] = default
+            continue
+        try:
+            values[name] = convert(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"setting {PREFIX}{name} = {raw!r} is not valid: {exc}"
+            ) from None
+    return values
+
+
+def resolve_script_location(location, here=None):
+    """Turn a path or an asset spec into an absolute directory path."""
+    if os.path.isabs(location):
+        return location
+    if ":" in location and not os.path.splitdrive(location)[0]:
+        return AssetResolver().resolve(location).abspath()
+    return os.path.abspath(os.path.join(here or os.getcwd(), location))
+
+
+def _resolve_dotted(name, value):
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return DottedNameResolver().resolve(value)
+    except (ImportError, ValueError) as exc:
+        raise ConfigurationError(
+            f"setting {PREFIX}{name} = {value!r} cannot be imported: {exc}"
+        ) from None
+
+
+def parse_settings(settings, require_script_location=True):
+    """Build :class:`MigrateSettings` from an app's settings dict.
+
+    ``settings`` is what Pyramid hands an app (``get_appsettings`` or
+    ``config.get_settings()``): ``tenantmigrate.*`` keys, plus
+    ``sqlalchemy.url`` as the default database URL and ``here`` as the
+    base of relative paths.
+    """
+    values = _coerce(settings)
+    here = settings.get("here")
+
+    if values["script_location"] is None:
+        if require_script_location:
+            raise ConfigurationError(
+                f"setting {PREFIX}script_location is missing: set it to the "
+                "migrations folder (a path, or an asset spec such as "
+                "'myapp:migrations'), then run 'tenant-migrate <ini> init' "
+                "if the folder does not exist yet"
+            )
+    else:
+        values["script_location"] = resolve_script_location(
+            values["script_location"], here
+        )
+
+    if values["url"] is None:
+        values["url"] = _text(settings.get("sqlalchemy.url") or "")
+    if values["url"] is None:
+        raise ConfigurationError(
+            f"no database URL: set {PREFIX}url or sqlalchemy.url"
+        )
+
+    shared = values["shared_schema"]
+    problem = schema_name_problem(shared, shared_schema=None)
+    if problem is not None and shared != "public":
+        raise ConfigurationError(
+            f"setting {PREFIX}shared_schema = {shared!r} is not valid: "
+            f"{problem}"
+        )
+
+    sources = [n for n in TENANT_SOURCE_SETTINGS if values[n] is not None]
+    if len(sources) > 1:
+        raise ConfigurationError(
+            "contradictory settings: "
+            + ", ".join(PREFIX + n for n in sources)
+            + " are all set; set exactly one tenant source"
+        )
+
+    for name in ("tenant_source", "shared_metadata", "tenant_metadata"):
+        values[name] = _resolve_dotted(name, values[name])
+    if values["tenant_source"] is not None and not callable(
+        values["tenant_source"]
+    ):
+        raise ConfigurationError(
+            f"setting {PREFIX}tenant_source must name a callable that "
+            "takes a connection and returns schema names"
+        )
+    values["extra_search_path"] = tuple(values["extra_search_path"])
+    return MigrateSettings(raw=dict(settings), **values)

@@ -1,0 +1,110 @@
+"""Where tenants come from, and which of them a run is for.
+
+A tenant is a schema. The list comes from exactly one source, chosen in the
+settings: an SQL query, a name prefix or a regular expression matched
+against the catalog, or a Python callable. :func:`select_tenants` then
+narrows it to what the command asked for (``--tenant``,
+``--exclude-tenant``) and sets aside names that are not safe to run SQL for.
+"""
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+
+from .errors import ConfigurationError, UsageError
+from .names import schema_name_problem
+from .settings import PREFIX
+
+# Catalog sources never list PostgreSQL's own schemas.
+_CATALOG_QUERY = """
+SELECT nspname FROM pg_catalog.pg_namespace
+WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+  AND nspname <> :shared_schema AND {condition}
+ORDER BY nspname
+"""
+
+
+def _catalog_query(condition):
+    return text(_CATALOG_QUERY.format(condition=condition))
+
+
+def discover_tenant_schemas(connection, settings):
+    """Return the tenant schema names the configured source lists.
+
+    Names are returned as the source gave them, duplicates removed, in a
+    stable order; validation is :func:`select_tenants`' job so that a bad
+    name can be reported rather than silently dropped.
+    """
+    which = settings.tenant_source_setting
+    if which is None:
+        raise ConfigurationError(
+            "no tenant source: set one of "
+            f"{PREFIX}tenant_schemas_query, {PREFIX}tenant_schema_prefix, "
+            f"{PREFIX}tenant_schema_pattern or {PREFIX}tenant_source"
+        )
+    if which == "tenant_schemas_query":
+        rows = connection.execute(text(settings.tenant_schemas_query))
+        names = [row[0] for row in rows]
+    elif which == "tenant_schema_prefix":
+        rows = connection.execute(
+            _catalog_query("left(nspname, length(:prefix)) = :prefix"),
+            {"prefix": settings.tenant_schema_prefix,
+             "shared_schema": settings.shared_schema},
+        )
+        names = [row[0] for row in rows]
+    elif which == "tenant_schema_pattern":
+        rows = connection.execute(
+            _catalog_query("nspname ~ :pattern"),
+            {"pattern": settings.tenant_schema_pattern,
+             "shared_schema": settings.shared_schema},
+        )
+        names = [row[0] for row in rows]
+    else:
+        names = list(settings.tenant_source(connection))
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class TenantSelection:
+    """The outcome of choosing tenants for a run.
+
+    ``schemas`` are valid names to run for, in order; ``rejected`` maps each
+    name that was set aside to the reason.
+    """
+
+    schemas: list
+    rejected: dict = field(default_factory=dict)
+
+
+def select_tenants(discovered, shared_schema, only=(), exclude=()):
+    """Narrow ``discovered`` to the tenants a command asked for.
+
+    ``only`` (``--tenant``) must name tenants the source lists: asking for
+    one it does not know is a usage error, raised before anything runs.
+    ``exclude`` (``--exclude-tenant``) drops names. Invalid names from the
+    source are returned in ``rejected``; invalid names on the command line
+    are a usage error.
+    """
+    for name in list(only) + list(exclude):
+        problem = schema_name_problem(name, shared_schema)
+        if problem is not None:
+            raise UsageError(f"invalid tenant name {name!r}: {problem}")
+    known = set(discovered)
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise UsageError(
+            "unknown tenant(s): " + ", ".join(unknown)
+            + "; the tenant source does not list them (see "
+            "'tenant-migrate <ini> current --verbose' for the known tenants)"
+        )
+    wanted = list(dict.fromkeys(only)) if only else discovered
+    excluded = set(exclude)
+    selection = TenantSelection(schemas=[])
+    for name in wanted:
+        if name in excluded:
+            continue
+        problem = schema_name_problem(name, shared_schema)
+        if problem is not None:
+            selection.rejected[name] = problem
+        else:
+            selection.schemas.append(name)
+    return selection
