@@ -14,6 +14,7 @@ import shutil
 import sys
 
 from alembic import command as alembic_command
+from sqlalchemy.exc import DBAPIError
 
 from .errors import UsageError
 from .execute import execute_branch
@@ -106,6 +107,22 @@ def _tenant_selection(migrator, connection, tenants, exclude_tenants):
                           only=tenants, exclude=exclude_tenants)
 
 
+def _check_tenants_early(migrator, tenants, exclude_tenants):
+    """Refuse unknown ``--tenant`` names before the shared branch runs.
+
+    The tenant source may only work once the shared branch has created its
+    table; then the check happens after the shared branch, as usual.
+    """
+    with migrator.connect() as connection:
+        try:
+            with connection.begin():
+                discovered = migrator.discover_tenants(connection)
+        except DBAPIError:
+            return
+    select_tenants(discovered, migrator.shared_schema, only=tenants,
+                   exclude=exclude_tenants)
+
+
 def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
         sql=False, output=None, fail_fast=None, create_missing=False,
         progress=None, config_uri=None):
@@ -131,6 +148,8 @@ def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
     script = migrator.script
     destinations = resolve_destinations(script, operation, target)
     report = RunReport(operation, config_uri=config_uri)
+    if tenants and not (sql and start is not None):
+        _check_tenants_early(migrator, tenants, exclude_tenants)
 
     for branch, destination in destinations:
         planner = StepPlanner(script, operation, destination)

@@ -7,6 +7,7 @@ knows where tenants come from. Commands in :mod:`.commands` take it as their
 first argument, the way Alembic's commands take a ``Config``.
 """
 import os
+import traceback
 
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -81,7 +82,28 @@ class TenantMigrator:
 
     @reify
     def script(self):
-        return ScriptDirectory.from_config(self.alembic_config)
+        script = ScriptDirectory.from_config(self.alembic_config)
+        try:
+            # Load every revision file now, once, so that a broken file is
+            # a clear error before anything runs, not a branch that seems
+            # to have no revisions.
+            script.revision_map.heads
+        except Exception as exc:
+            raise ConfigurationError(
+                f"cannot load the revision file {self._culprit(exc)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return script
+
+    def _culprit(self, exc):
+        """The revision file an exception raised while loading came from."""
+        filename = getattr(exc, "filename", None)  # SyntaxError
+        if filename and filename.startswith(self.script_location):
+            return filename
+        for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+            if frame.filename.startswith(self.script_location):
+                return f"{frame.filename}, line {frame.lineno}"
+        return f"in {self.script_location}"
 
     def connect(self):
         """Open a connection, or raise DatabaseUnavailable saying why not."""

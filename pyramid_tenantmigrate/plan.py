@@ -12,6 +12,7 @@ leads to a correct result.
 """
 from dataclasses import dataclass, field
 
+from alembic.script.revision import ResolutionError
 from alembic.util import CommandError
 
 from .errors import UsageError
@@ -29,9 +30,7 @@ def branch_has_revisions(script, branch):
     """Tell whether the revision map has a branch labelled ``branch``."""
     try:
         return bool(script.revision_map.get_revisions(f"{branch}@head"))
-    except CommandError:
-        return False
-    except Exception:  # alembic raises several ResolutionError subclasses
+    except (CommandError, ResolutionError):
         return False
 
 
@@ -63,7 +62,30 @@ def resolve_destinations(script, operation, target):
     ``tenant@+1`` a position on that branch; a bare revision id the branch it
     belongs to.
     """
-    target = (target or "heads").strip()
+    destinations = _destinations(script, operation, (target or "heads").strip())
+    for branch, destination in destinations:
+        _check_destination(script, branch, destination)
+    return destinations
+
+
+def _check_destination(script, branch, destination):
+    position = destination.partition("@")[2] or destination
+    if position in ("head", "heads", "base") or any(
+            sign in position for sign in "+-"):
+        return  # relative positions are resolved against each schema
+    try:
+        revisions = script.get_revisions(destination)
+    except (CommandError, ResolutionError) as exc:
+        raise UsageError(
+            f"unknown revision {destination!r}: {exc}; see "
+            "'tenant-migrate <ini> history' for the revisions") from None
+    for revision in revisions:
+        if branch not in revision.branch_labels:
+            raise UsageError(
+                f"revision {revision.revision} is not on the {branch} branch")
+
+
+def _destinations(script, operation, target):
     order = BRANCHES if operation != DOWNGRADE else BRANCHES[::-1]
     present = [b for b in order if branch_has_revisions(script, b)]
 

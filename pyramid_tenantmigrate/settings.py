@@ -31,6 +31,21 @@ def _text(value):
     return value or None
 
 
+_FALSEY = frozenset(("f", "false", "n", "no", "off", "0"))
+
+
+def _strict_bool(value):
+    # asbool() reads any unknown word as False; a typo in a safety switch
+    # should be an error instead.
+    if isinstance(value, bool):
+        return value
+    if str(value).strip().lower() in _FALSEY:
+        return False
+    if asbool(value):
+        return True
+    raise ValueError("expected true or false")
+
+
 def _aslist_flat(value):
     return aslist(value, flatten=True)
 
@@ -65,7 +80,7 @@ SETTINGS = (
     ("shared_metadata", _text, None),
     ("tenant_metadata", _text, None),
     # Stop a run at the first failing tenant instead of going on.
-    ("fail_fast", asbool, False),
+    ("fail_fast", _strict_bool, False),
 )
 
 

