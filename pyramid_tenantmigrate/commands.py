@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .errors import UsageError
 from .execute import execute_branch
+from .locking import RunLock
 from .plan import (
     DOWNGRADE, SHARED, STAMP, TENANT, UPGRADE,
     BranchPlan, StepPlanner, branch_has_revisions, plan_branch,
@@ -125,7 +126,7 @@ def _check_tenants_early(migrator, tenants, exclude_tenants):
 
 def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
         sql=False, output=None, fail_fast=None, create_missing=False,
-        progress=None, config_uri=None):
+        progress=None, config_uri=None, lock_wait=None):
     """Plan and execute ``operation`` (upgrade, downgrade or stamp).
 
     - ``tenants`` / ``exclude_tenants``: narrow the tenant branch to these
@@ -140,7 +141,25 @@ def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
     - ``create_missing``: create tenant schemas the source lists but the
       database does not have, instead of reporting them.
     - ``progress``: called with ``(branch, SchemaResult)`` after each schema.
+    - ``lock_wait``: seconds to wait for another run's lock (default: the
+      ``tenantmigrate.lock_wait`` setting; 0 fails at once naming the
+      holder, ``None`` in the setting's place waits forever). Offline runs
+      take no lock.
     """
+    if sql:
+        return _run(migrator, operation, target, tenants, exclude_tenants,
+                    sql, output, fail_fast, create_missing, progress,
+                    config_uri)
+    if lock_wait is None:
+        lock_wait = migrator.settings.lock_wait
+    with RunLock(migrator, operation, wait=lock_wait):
+        return _run(migrator, operation, target, tenants, exclude_tenants,
+                    sql, output, fail_fast, create_missing, progress,
+                    config_uri)
+
+
+def _run(migrator, operation, target, tenants, exclude_tenants, sql, output,
+         fail_fast, create_missing, progress, config_uri):
     if fail_fast is None:
         fail_fast = migrator.settings.fail_fast
     output = output if output is not None else sys.stdout

@@ -250,3 +250,72 @@ def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
         )
     report.results.extend(job.results)
     return report, job.aborted
+
+
+class CallerTransactionRun:
+    """The job ``env.py`` runs to migrate one schema on a connection and in
+    a transaction that belong to the caller (a request, a test, a scratch
+    schema for autogenerate). Nothing is committed or rolled back here."""
+
+    def __init__(self, migrator, schema, branch, configure_extra=None):
+        self.migrator = migrator
+        self.schema = schema
+        self.branch = branch
+        self.configure_extra = configure_extra or {}
+        self.started = False
+
+    def run(self, env, configure_options):
+        self.started = True
+        connection = self.connection
+        settings = self.migrator.settings
+        previous = connection.exec_driver_sql("SHOW search_path").scalar()
+        connection.exec_driver_sql(search_path_sql(
+            self.schema, settings.extra_search_path))
+        try:
+            env.configure(
+                connection=connection,
+                version_table=settings.version_table,
+                version_table_schema=self.schema,
+                target_metadata=(settings.shared_metadata
+                                 if self.branch == "shared"
+                                 else settings.tenant_metadata),
+                **dict(configure_options, **self.configure_extra),
+            )
+            env.run_migrations()
+        finally:
+            # SET LOCAL would outlive this call inside the caller's
+            # transaction; put the caller's search_path back.
+            connection.exec_driver_sql(
+                "SELECT set_config('search_path', %(path)s, true)",
+                {"path": previous})
+
+
+def migrate_in_transaction(migrator, connection, schema, destination,
+                           operation="upgrade", fn=None,
+                           configure_extra=None):
+    """Run ``operation`` to ``destination`` for one schema on ``connection``,
+    inside the transaction the caller has begun; the caller commits or
+    rolls back. ``fn`` overrides Alembic's step function (autogenerate
+    passes its own). Raises whatever the migration raises."""
+    from .plan import StepPlanner  # plan imports nothing from here
+
+    if not connection.in_transaction():
+        raise RuntimeError("migrate_in_transaction needs a connection in a "
+                           "transaction (call connection.begin() first)")
+    branch = destination.partition("@")[0]
+    job = CallerTransactionRun(migrator, schema, branch, configure_extra)
+    job.connection = connection
+    config = migrator.alembic_config
+    config.attributes[JOB_KEY] = job
+    try:
+        with EnvironmentContext(
+            config, migrator.script,
+            fn=fn or StepPlanner(migrator.script, operation, destination),
+            destination_rev=destination,
+        ):
+            migrator.script.run_env()
+    finally:
+        config.attributes.pop(JOB_KEY, None)
+    if not job.started:
+        raise ConfigurationError(
+            f"{migrator.script.dir}/env.py did not call run_env(context)")

@@ -81,6 +81,9 @@ SETTINGS = (
     ("tenant_metadata", _text, None),
     # Stop a run at the first failing tenant instead of going on.
     ("fail_fast", _strict_bool, False),
+    # Seconds a run waits for another run's lock; 0 exits at once naming
+    # the holder.
+    ("lock_wait", float, 0.0),
 )
 
 
@@ -100,6 +103,7 @@ class MigrateSettings:
     shared_metadata: object = None
     tenant_metadata: object = None
     fail_fast: bool = False
+    lock_wait: float = 0.0
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -249,3 +249,22 @@ def test_zero_tenants_is_fine(project, db):
     result = project.run("upgrade", check=0)
     assert "0 selected" in result.stdout
     assert version_of(db, "public") == ["s1"]
+
+
+def test_a_second_run_exits_naming_the_lock_holder_or_waits(project, db):
+    from pyramid_tenantmigrate.locking import RunLock
+
+    project.write_standard_revisions()
+    create_schemas(db, "tenant_a")
+    migrator = project.migrator()
+    with RunLock(migrator, "upgrade"):
+        result = project.run("upgrade", check=1)
+        assert "another migration run holds the lock" in result.stderr
+        assert "tenant-migrate upgrade pid=" in result.stderr
+        assert version_of(db, "public") is None
+        result = project.run("upgrade", "--wait", "0.5", check=1)
+        assert "after waiting 0.5s" in result.stderr
+    migrator.close()
+    # Released: the next run goes through.
+    project.run("upgrade", "--wait", "5", check=0)
+    assert version_of(db, "tenant_a") == ["t2"]

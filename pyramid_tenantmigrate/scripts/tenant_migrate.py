@@ -48,6 +48,10 @@ def _add_run_options(parser):
         "--json", action="store_true",
         help="print the run report as JSON on stdout")
     parser.add_argument(
+        "--wait", type=float, default=None, metavar="SECONDS",
+        help="wait this long for another run's lock (default: the "
+             "tenantmigrate.lock_wait setting, 0: exit at once)")
+    parser.add_argument(
         "-v", "--verbose", action="store_true",
         help="print a line per schema as it finishes")
 
@@ -226,7 +230,8 @@ class TenantMigrateCommand:
             migrator, target, tenants=options.tenant,
             exclude_tenants=options.exclude_tenant, sql=options.sql,
             output=self.stdout, fail_fast=options.fail_fast,
-            progress=self._progress, config_uri=options.config_uri, **extra)
+            progress=self._progress, config_uri=options.config_uri,
+            lock_wait=options.wait, **extra)
         if options.json:
             self.out(json.dumps(report.to_dict(), indent=2))
         else:
