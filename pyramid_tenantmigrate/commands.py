@@ -126,7 +126,7 @@ def _check_tenants_early(migrator, tenants, exclude_tenants):
 
 def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
         sql=False, output=None, fail_fast=None, create_missing=False,
-        progress=None, config_uri=None, lock_wait=None):
+        progress=None, config_uri=None, lock_wait=None, workers=None):
     """Plan and execute ``operation`` (upgrade, downgrade or stamp).
 
     - ``tenants`` / ``exclude_tenants``: narrow the tenant branch to these
@@ -141,6 +141,8 @@ def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
     - ``create_missing``: create tenant schemas the source lists but the
       database does not have, instead of reporting them.
     - ``progress``: called with ``(branch, SchemaResult)`` after each schema.
+    - ``workers``: parallel connections for tenants whose revisions replay
+      (default: the ``tenantmigrate.workers`` setting).
     - ``lock_wait``: seconds to wait for another run's lock (default: the
       ``tenantmigrate.lock_wait`` setting; 0 fails at once naming the
       holder, ``None`` in the setting's place waits forever). Offline runs
@@ -149,17 +151,17 @@ def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
     if sql:
         return _run(migrator, operation, target, tenants, exclude_tenants,
                     sql, output, fail_fast, create_missing, progress,
-                    config_uri)
+                    config_uri, workers)
     if lock_wait is None:
         lock_wait = migrator.settings.lock_wait
     with RunLock(migrator, operation, wait=lock_wait):
         return _run(migrator, operation, target, tenants, exclude_tenants,
                     sql, output, fail_fast, create_missing, progress,
-                    config_uri)
+                    config_uri, workers)
 
 
 def _run(migrator, operation, target, tenants, exclude_tenants, sql, output,
-         fail_fast, create_missing, progress, config_uri):
+         fail_fast, create_missing, progress, config_uri, workers):
     if fail_fast is None:
         fail_fast = migrator.settings.fail_fast
     output = output if output is not None else sys.stdout
@@ -202,7 +204,7 @@ def _run(migrator, operation, target, tenants, exclude_tenants, sql, output,
         branch_report, aborted = execute_branch(
             migrator, plan, planner, as_sql=sql, output=output,
             fail_fast=fail_fast, create_missing=create_missing,
-            progress=progress)
+            progress=progress, workers=workers)
         for name, reason in rejected.items():
             branch_report.results.append(
                 SchemaResult(name, REJECTED, error=reason))

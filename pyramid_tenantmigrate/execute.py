@@ -1,18 +1,27 @@
 """Executing a plan: one transaction per schema, failures isolated.
 
-:func:`execute_branch` runs the project's ``env.py`` once per branch with a
-:class:`BranchRun` job in the Alembic config; ``env.py`` calls
-:func:`pyramid_tenantmigrate.environment.run_env`, which hands the job
-Alembic's ``context`` and the options the user passed. The job then walks the
-planned schemas. For each one it opens a transaction *itself* (so a commit is
-a commit: Alembic's ``begin_transaction`` is a no-op inside it under
-SQLAlchemy 2), points ``search_path`` at the schema with ``SET LOCAL`` (which
-ends with the transaction and never leaks into the pool), tells Alembic to
-keep the version table in that schema, and runs the steps.
+Two paths, chosen per group of tenants that share a starting revision:
 
-A failing schema is rolled back to exactly where it was and recorded; the
-run goes on unless ``fail_fast`` is set. When the database itself goes away,
-the run stops and the schemas not attempted are reported as such.
+- **replay** (:mod:`.replay`): the group's revisions were rendered to SQL
+  once (:mod:`.render`); each tenant runs that SQL in one round trip, on
+  parallel connections. This is the path of ordinary DDL revisions.
+- **Alembic**: :func:`execute_branch` runs the project's ``env.py`` with a
+  :class:`BranchRun` job in the Alembic config; ``env.py`` calls
+  :func:`pyramid_tenantmigrate.environment.run_env`, which hands the job
+  Alembic's ``context``. The job walks its schemas one by one. For each it
+  opens a transaction *itself* (so a commit is a commit: Alembic's
+  ``begin_transaction`` is a no-op inside it under SQLAlchemy 2), points
+  ``search_path`` at the schema with ``SET LOCAL`` (which ends with the
+  transaction and never leaks into the pool), tells Alembic to keep the
+  version table in that schema, and runs the steps. This is the path of the
+  shared schema, of revisions that read data, of ``--sql`` and ``stamp``,
+  and of tenants replay handed back.
+
+Either way a failing schema is rolled back to exactly where it was and
+recorded; the run goes on unless ``fail_fast`` is set. A lock timeout is
+retried with back-off before the tenant is reported. When the database
+itself goes away, the run stops and the schemas not attempted are reported
+as such.
 """
 import time
 
@@ -21,6 +30,8 @@ from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigurationError, DatabaseUnavailable
 from .names import quote_schema
+from .render import Renderer, version_table_ddl
+from .replay import LOCK_NOT_AVAILABLE, ReplayPool, ReplayScript
 from .report import (
     DONE, FAILED, MISSING, NOT_RUN, RENDERED, UP_TO_DATE,
     BranchReport, SchemaResult,
@@ -48,19 +59,25 @@ def _is_disconnect(exc):
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
+def _is_lock_timeout(exc):
+    return (isinstance(exc, DBAPIError)
+            and getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE)
+
+
 class BranchRun:
     """The job ``env.py`` runs for one branch: migrate or render schemas."""
 
-    def __init__(self, migrator, plan, *, as_sql=False, output=None,
-                 fail_fast=False, create_missing=False, progress=None):
+    def __init__(self, migrator, plan, schema_plans, *, as_sql=False,
+                 output=None, fail_fast=False, create_missing=False,
+                 progress=None):
         self.migrator = migrator
         self.plan = plan
+        self.schema_plans = schema_plans
         self.as_sql = as_sql
         self.output = output
         self.fail_fast = fail_fast
         self.create_missing = create_missing
         self.progress = progress
-        self.results = []
         self.aborted = None
         self.started = False
         self._connection = None
@@ -77,7 +94,7 @@ class BranchRun:
         self.started = True
         stop_reason = None
         try:
-            for schema_plan in self.plan.pending:
+            for schema_plan in self.schema_plans:
                 if stop_reason is not None:
                     self._record(SchemaResult(
                         schema_plan.schema, NOT_RUN, schema_plan.from_heads,
@@ -101,7 +118,6 @@ class BranchRun:
                 self._connection = None
 
     def _record(self, result):
-        self.results.append(result)
         if self.progress is not None:
             self.progress(self.plan.branch, result)
 
@@ -123,8 +139,26 @@ class BranchRun:
         }
 
     def _migrate_one(self, env, schema_plan, options):
-        schema = schema_plan.schema
+        settings = self.migrator.settings
         started = time.monotonic()
+        attempt = 0
+        while True:
+            result = self._attempt(env, schema_plan, options)
+            if (result.status == FAILED and result.lock_timeout
+                    and attempt < settings.lock_retries
+                    and self.aborted is None):
+                attempt += 1
+                time.sleep(0.5 * (2 ** (attempt - 1)))
+                continue
+            if result.lock_timeout:
+                result.error += (f" (gave up after {attempt + 1} attempts; "
+                                 "an application transaction holds a lock "
+                                 "on this schema's table)")
+            result.duration = time.monotonic() - started
+            return result
+
+    def _attempt(self, env, schema_plan, options):
+        schema = schema_plan.schema
         applied = []
 
         def count_applied(ctx, step, heads, run_args):
@@ -147,6 +181,8 @@ class BranchRun:
                     connection.exec_driver_sql(
                         f"CREATE SCHEMA {quote_schema(schema)}")
                 connection.exec_driver_sql(self._search_path(schema))
+                connection.exec_driver_sql(
+                    self.migrator.settings.timeouts_sql)
                 env.configure(
                     connection=connection,
                     on_version_apply=[count_applied,
@@ -163,6 +199,7 @@ class BranchRun:
         except Exception as exc:
             result.status = FAILED
             result.error = _error_text(exc)
+            result.lock_timeout = _is_lock_timeout(exc)
             if len(applied) < len(schema_plan.steps):
                 step = schema_plan.steps[len(applied)]
                 revision = getattr(step, "revision", None)
@@ -177,7 +214,6 @@ class BranchRun:
                 ",".join(info.up_revision_ids) for info, _ in applied)
             if applied:
                 result.to_heads = tuple(sorted(applied[-1][1]))
-        result.duration = time.monotonic() - started
         return result
 
     def _check_database(self, schema):
@@ -201,6 +237,8 @@ class BranchRun:
         starting = ",".join(schema_plan.from_heads) or None
         env.configure(
             dialect_name="postgresql",
+            # Without it '%' is doubled in the output (psycopg2 pyformat).
+            dialect_opts={"paramstyle": "named"},
             as_sql=True,
             literal_binds=True,
             output_buffer=out,
@@ -216,9 +254,42 @@ class BranchRun:
                             revisions=schema_plan.revisions)
 
 
+def _replay_scripts(migrator, plan, renderer):
+    """Render each group of pending tenants once; return the tenants that
+    can replay (with their script) and those the Alembic path must run."""
+    settings = migrator.settings
+    ddl = version_table_ddl(migrator, renderer.dialect)
+    scripts, replayable, online = {}, [], []
+    for schema_plan in plan.pending:
+        if not schema_plan.exists:
+            online.append(schema_plan)  # missing: reported or created there
+            continue
+        key = schema_plan.from_heads
+        if key not in scripts:
+            steps_sql = []
+            for step in schema_plan.steps:
+                statements = renderer.render_step(step)
+                if statements is None:
+                    steps_sql = None
+                    break
+                steps_sql.append((step.revision.revision, statements))
+            scripts[key] = steps_sql and ReplayScript(
+                steps_sql, schema_plan.from_heads, schema_plan.to_heads,
+                settings.version_table, ddl, settings.timeouts_sql)
+        if scripts[key]:
+            replayable.append((schema_plan, scripts[key]))
+        else:
+            online.append(schema_plan)
+    return replayable, online
+
+
 def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
-                   fail_fast=False, create_missing=False, progress=None):
-    """Run ``plan`` through the project's ``env.py``; return a report."""
+                   fail_fast=False, create_missing=False, progress=None,
+                   workers=None):
+    """Run ``plan``; return ``(BranchReport, reason the run stopped or
+    None)``. Tenant upgrades and downgrades replay rendered SQL on
+    ``workers`` connections where they can; the rest goes through the
+    project's ``env.py``."""
     report = BranchReport(plan.branch, plan.operation, plan.destination)
     for schema_plan in plan.current:
         report.results.append(SchemaResult(
@@ -226,12 +297,40 @@ def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
             schema_plan.to_heads))
     for schema, reason in plan.unplannable.items():
         report.results.append(SchemaResult(schema, FAILED, error=reason))
-    if not plan.pending:
-        return report, None
 
-    job = BranchRun(migrator, plan, as_sql=as_sql, output=output,
+    def on_result(result):
+        report.results.append(result)
+        if progress is not None:
+            progress(plan.branch, result)
+
+    pending, aborted = list(plan.pending), None
+    settings = migrator.settings
+    if (pending and plan.branch == "tenant" and not as_sql
+            and plan.operation in ("upgrade", "downgrade") and settings.replay):
+        replayable, pending = _replay_scripts(migrator, plan,
+                                              Renderer(migrator))
+        if replayable:
+            pool = ReplayPool(
+                migrator, workers or settings.workers,
+                lock_retries=settings.lock_retries, fail_fast=fail_fast,
+                progress=on_result)
+            pool.run(replayable)
+            pending.extend(pool.handed_back)
+            aborted = pool.aborted
+            report.workers = pool.workers
+        if aborted or (fail_fast and report.failures):
+            for schema_plan in pending:
+                on_result(SchemaResult(
+                    schema_plan.schema, NOT_RUN, schema_plan.from_heads,
+                    schema_plan.to_heads,
+                    error=f"not attempted: {aborted or 'run stopped'}"))
+            pending = []
+    if not pending:
+        return report, aborted
+
+    job = BranchRun(migrator, plan, pending, as_sql=as_sql, output=output,
                     fail_fast=fail_fast, create_missing=create_missing,
-                    progress=progress)
+                    progress=lambda branch, result: on_result(result))
     config = migrator.alembic_config
     config.attributes[JOB_KEY] = job
     try:
@@ -248,8 +347,7 @@ def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
             "pyramid_tenantmigrate.environment.run_env(context): nothing was "
             "migrated; see the env.py written by 'tenant-migrate <ini> init'"
         )
-    report.results.extend(job.results)
-    return report, job.aborted
+    return report, aborted or job.aborted
 
 
 class CallerTransactionRun:

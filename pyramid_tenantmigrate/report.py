@@ -37,6 +37,7 @@ class SchemaResult:
     error: str = None
     failed_revision: str = None
     duration: float = 0.0
+    lock_timeout: bool = field(default=False, repr=False)
 
     @property
     def ok(self):
@@ -64,6 +65,7 @@ class BranchReport:
     destination: str
     results: list = field(default_factory=list)
     note: str = None
+    workers: int = 1
 
     def count(self, status):
         return sum(1 for r in self.results if r.status == status)
@@ -81,6 +83,7 @@ class BranchReport:
             "operation": self.operation,
             "destination": self.destination,
             "note": self.note,
+            "workers": self.workers,
             "counts": counts,
             "schemas": [r.to_dict() for r in self.results],
         }

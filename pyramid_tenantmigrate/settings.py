@@ -46,6 +46,29 @@ def _strict_bool(value):
     raise ValueError("expected true or false")
 
 
+_DURATION_UNITS = {"ms": 1, "s": 1000, "min": 60000, "h": 3600000}
+
+
+def _milliseconds(value):
+    """A PostgreSQL-style duration ("3s", "500ms", "2min", "0") in ms."""
+    text = str(value).strip().lower()
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(number):].strip() or "ms"
+    if unit not in _DURATION_UNITS or not number.strip():
+        raise ValueError("expected a duration such as 500ms, 3s or 2min")
+    result = int(float(number) * _DURATION_UNITS[unit])
+    if result < 0:
+        raise ValueError("must not be negative")
+    return result
+
+
+def _non_negative_int(value):
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def _aslist_flat(value):
     return aslist(value, flatten=True)
 
@@ -84,6 +107,15 @@ SETTINGS = (
     # Seconds a run waits for another run's lock; 0 exits at once naming
     # the holder.
     ("lock_wait", float, 0.0),
+    # Parallel connections for tenant migrations (replayed revisions).
+    ("workers", _positive_int, 4),
+    # Render each revision once and replay its SQL per tenant where it can;
+    # false runs every tenant through Alembic.
+    ("replay", _strict_bool, True),
+    # Per-tenant transaction limits, and retries after a lock timeout.
+    ("lock_timeout", _milliseconds, 3000),
+    ("statement_timeout", _milliseconds, 0),
+    ("lock_retries", _non_negative_int, 3),
 )
 
 
@@ -104,7 +136,18 @@ class MigrateSettings:
     tenant_metadata: object = None
     fail_fast: bool = False
     lock_wait: float = 0.0
+    workers: int = 4
+    replay: bool = True
+    lock_timeout: int = 3000
+    statement_timeout: int = 0
+    lock_retries: int = 3
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def timeouts_sql(self):
+        """``SET LOCAL`` statements for the per-tenant limits."""
+        return (f"SET LOCAL lock_timeout = {int(self.lock_timeout)}; "
+                f"SET LOCAL statement_timeout = {int(self.statement_timeout)};")
 
     @property
     def tenant_source_setting(self):

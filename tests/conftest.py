@@ -244,3 +244,51 @@ def schema_exists(engine, schema):
         return connection.execute(sa.text(
             "SELECT count(*) FROM pg_namespace WHERE nspname = :s"),
             {"s": schema}).scalar() == 1
+
+
+def catalog_snapshot(engine, schema):
+    """Everything that defines a schema's tables, with the schema's own
+    name replaced, so two tenants' snapshots compare equal when their
+    structure is the same: columns (type, nullability, default),
+    constraints, indexes, sequences, enum types and version rows."""
+    params = {"s": schema}
+    with engine.connect() as connection:
+        def rows(sql):
+            return sorted(
+                tuple(str(v).replace(f'"{schema}".', "<s>.").replace(
+                    f"{schema}.", "<s>.") for v in row)
+                for row in connection.execute(sa.text(sql), params))
+        return {
+            "columns": rows("""
+                SELECT c.relname, a.attname, format_type(a.atttypid,
+                       a.atttypmod), a.attnotnull,
+                       pg_get_expr(d.adbin, d.adrelid)
+                FROM pg_attribute a
+                JOIN pg_class c ON c.oid = a.attrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid
+                                      AND d.adnum = a.attnum
+                WHERE n.nspname = :s AND a.attnum > 0
+                  AND NOT a.attisdropped AND c.relkind IN ('r', 'p')"""),
+            "constraints": rows("""
+                SELECT c.relname, k.conname, k.contype,
+                       pg_get_constraintdef(k.oid)
+                FROM pg_constraint k
+                JOIN pg_class c ON c.oid = k.conrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = :s"""),
+            "indexes": rows("""
+                SELECT tablename, indexname, indexdef FROM pg_indexes
+                WHERE schemaname = :s"""),
+            "sequences": rows("""
+                SELECT sequencename, data_type, start_value, increment_by
+                FROM pg_sequences WHERE schemaname = :s"""),
+            "types": rows("""
+                SELECT t.typname, array_agg(e.enumlabel ORDER BY
+                       e.enumsortorder)::text
+                FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                LEFT JOIN pg_enum e ON e.enumtypid = t.oid
+                WHERE n.nspname = :s AND t.typtype = 'e'
+                GROUP BY t.typname"""),
+            "versions": version_of(engine, schema),
+        }

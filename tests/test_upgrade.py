@@ -130,7 +130,8 @@ def test_fail_fast_stops_at_first_failure(project, db):
         op.execute("SELECT 1/0")
         """)
 
-    result = project.run("upgrade", "--fail-fast", "--json", check=1)
+    result = project.run("upgrade", "--fail-fast", "--workers", "1",
+                         "--json", check=1)
 
     statuses = {s["schema"]: s["status"]
                 for s in json.loads(result.stdout)["branches"][1]["schemas"]}

@@ -43,7 +43,12 @@ def _add_run_options(parser):
              "(offline mode); a 'start:end' target renders from 'start'")
     parser.add_argument(
         "--fail-fast", action="store_true", default=None,
-        help="stop at the first failing tenant (default: go on and report)")
+        help="stop at the first failing tenant (default: go on and report); "
+             "tenants already running on other workers finish")
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="parallel connections for tenants (default: the "
+             "tenantmigrate.workers setting, 4)")
     parser.add_argument(
         "--json", action="store_true",
         help="print the run report as JSON on stdout")
@@ -231,7 +236,7 @@ class TenantMigrateCommand:
             exclude_tenants=options.exclude_tenant, sql=options.sql,
             output=self.stdout, fail_fast=options.fail_fast,
             progress=self._progress, config_uri=options.config_uri,
-            lock_wait=options.wait, **extra)
+            lock_wait=options.wait, workers=options.workers, **extra)
         if options.json:
             self.out(json.dumps(report.to_dict(), indent=2))
         else:
