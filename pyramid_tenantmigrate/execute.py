@@ -254,11 +254,24 @@ class BranchRun:
                             revisions=schema_plan.revisions)
 
 
+def replay_script(migrator, renderer, steps, from_heads, to_heads):
+    """A :class:`~.replay.ReplayScript` for ``steps``, or ``None`` when one
+    of them cannot be rendered once for all tenants."""
+    steps_sql = []
+    for step in steps:
+        statements = renderer.render_step(step)
+        if statements is None:
+            return None
+        steps_sql.append((step.revision.revision, statements))
+    settings = migrator.settings
+    return ReplayScript(
+        steps_sql, from_heads, to_heads, settings.version_table,
+        version_table_ddl(migrator, renderer.dialect), settings.timeouts_sql)
+
+
 def _replay_scripts(migrator, plan, renderer):
     """Render each group of pending tenants once; return the tenants that
     can replay (with their script) and those the Alembic path must run."""
-    settings = migrator.settings
-    ddl = version_table_ddl(migrator, renderer.dialect)
     scripts, replayable, online = {}, [], []
     for schema_plan in plan.pending:
         if not schema_plan.exists:
@@ -266,16 +279,9 @@ def _replay_scripts(migrator, plan, renderer):
             continue
         key = schema_plan.from_heads
         if key not in scripts:
-            steps_sql = []
-            for step in schema_plan.steps:
-                statements = renderer.render_step(step)
-                if statements is None:
-                    steps_sql = None
-                    break
-                steps_sql.append((step.revision.revision, statements))
-            scripts[key] = steps_sql and ReplayScript(
-                steps_sql, schema_plan.from_heads, schema_plan.to_heads,
-                settings.version_table, ddl, settings.timeouts_sql)
+            scripts[key] = replay_script(
+                migrator, renderer, schema_plan.steps,
+                schema_plan.from_heads, schema_plan.to_heads)
         if scripts[key]:
             replayable.append((schema_plan, scripts[key]))
         else:
@@ -308,7 +314,7 @@ def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
     if (pending and plan.branch == "tenant" and not as_sql
             and plan.operation in ("upgrade", "downgrade") and settings.replay):
         replayable, pending = _replay_scripts(migrator, plan,
-                                              Renderer(migrator))
+                                              migrator.renderer)
         if replayable:
             pool = ReplayPool(
                 migrator, workers or settings.workers,
@@ -348,6 +354,37 @@ def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
             "migrated; see the env.py written by 'tenant-migrate <ini> init'"
         )
     return report, aborted or job.aborted
+
+
+def _replay_in_transaction(migrator, connection, schema, operation,
+                           destination):
+    """The fast path of :func:`migrate_in_transaction` (provisioning): the
+    whole history rendered once per process, run in one round trip."""
+    from .plan import StepPlanner, heads_after
+    from .versions import read_schema_versions
+
+    version = read_schema_versions(
+        connection, [schema], migrator.settings.version_table,
+        commit=False)[schema]
+    planner = migrator.step_planner(operation, destination)
+    steps = planner.steps_for(version.heads)
+    if not steps:
+        return True
+    key = (operation, destination, version.heads)
+    script = migrator.replay_scripts.get(key)
+    if script is None:
+        script = replay_script(migrator, migrator.renderer, steps,
+                               version.heads,
+                               heads_after(version.heads, steps))
+        if script is None:
+            return False
+        migrator.replay_scripts[key] = script
+    cursor = connection.connection.driver_connection.cursor()
+    try:
+        cursor.execute(script.in_caller_transaction(schema))
+    finally:
+        cursor.close()
+    return True
 
 
 class CallerTransactionRun:
@@ -401,6 +438,11 @@ def migrate_in_transaction(migrator, connection, schema, destination,
         raise RuntimeError("migrate_in_transaction needs a connection in a "
                            "transaction (call connection.begin() first)")
     branch = destination.partition("@")[0]
+    if (fn is None and branch == "tenant" and migrator.settings.replay
+            and operation in ("upgrade", "downgrade")
+            and _replay_in_transaction(migrator, connection, schema,
+                                       operation, destination)):
+        return
     job = CallerTransactionRun(migrator, schema, branch, configure_extra)
     job.connection = connection
     config = migrator.alembic_config

@@ -16,6 +16,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError
 
 from .embedded import resolve_url
+from .plan import StepPlanner
+from .render import Renderer
 from .errors import ConfigurationError, DatabaseUnavailable
 from .settings import PREFIX, parse_settings
 from .tenants import discover_tenant_schemas
@@ -104,6 +106,25 @@ class TenantMigrator:
             if frame.filename.startswith(self.script_location):
                 return f"{frame.filename}, line {frame.lineno}"
         return f"in {self.script_location}"
+
+    @reify
+    def renderer(self):
+        """Renders revisions to SQL, each once for this migrator."""
+        return Renderer(self)
+
+    @reify
+    def replay_scripts(self):
+        """Replay scripts kept for provisioning, by (operation, destination,
+        starting heads): provisioning many tenants renders once."""
+        return {}
+
+    def step_planner(self, operation, destination):
+        """A StepPlanner kept for this migrator's lifetime."""
+        planners = self.__dict__.setdefault("_planners", {})
+        key = (operation, destination)
+        if key not in planners:
+            planners[key] = StepPlanner(self.script, operation, destination)
+        return planners[key]
 
     def connect(self):
         """Open a connection, or raise DatabaseUnavailable saying why not."""

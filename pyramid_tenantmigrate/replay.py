@@ -94,9 +94,31 @@ class ReplayScript:
 
     def for_tenant(self, schema):
         """The whole script for ``schema``: one transaction."""
+        return "\n".join(["BEGIN;", self._work(schema), "COMMIT;"])
+
+    def in_caller_transaction(self, schema):
+        """The script for ``schema`` inside a transaction the caller owns:
+        no BEGIN/COMMIT, and the caller's ``search_path`` and timeouts are
+        put back at the end."""
+        return "\n".join([
+            "SELECT set_config('tenantmigrate.saved_search_path', "
+            "current_setting('search_path'), true), "
+            "set_config('tenantmigrate.saved_lock_timeout', "
+            "current_setting('lock_timeout'), true), "
+            "set_config('tenantmigrate.saved_statement_timeout', "
+            "current_setting('statement_timeout'), true);",
+            self._work(schema),
+            "SELECT set_config('search_path', current_setting("
+            "'tenantmigrate.saved_search_path'), true), "
+            "set_config('lock_timeout', current_setting("
+            "'tenantmigrate.saved_lock_timeout'), true), "
+            "set_config('statement_timeout', current_setting("
+            "'tenantmigrate.saved_statement_timeout'), true);",
+        ])
+
+    def _work(self, schema):
         table = f"{quote_schema(schema)}.{quote_schema(self.version_table)}"
         parts = [
-            "BEGIN;",
             f"SET LOCAL search_path TO {quote_schema(schema)};",
             "SET LOCAL client_min_messages TO notice;",
             self._timeouts_sql,
@@ -109,7 +131,6 @@ class ReplayScript:
         if self.to_heads:
             values = ", ".join(f"({quote_literal(h)})" for h in self.to_heads)
             parts.append(f"INSERT INTO {table} (version_num) VALUES {values};")
-        parts.append("COMMIT;")
         return "\n".join(p for p in parts if p)
 
 

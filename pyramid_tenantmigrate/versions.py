@@ -75,11 +75,12 @@ class SchemaVersion:
 
 
 def read_schema_versions(connection, schemas, version_table,
-                         batch_size=BATCH_SIZE):
+                         batch_size=BATCH_SIZE, commit=True):
     """Return ``{schema: SchemaVersion}`` for ``schemas``.
 
-    Commits ``connection`` after each batch, so call it outside a
-    transaction you care about.
+    Commits ``connection`` after each batch (to release the table locks
+    reading takes), unless ``commit`` is false: then call it for a few
+    schemas only, inside the caller's transaction.
     """
     schemas = list(schemas)
     if not schemas:
@@ -91,7 +92,8 @@ def read_schema_versions(connection, schemas, version_table,
             "schemas": schemas[start:start + batch_size],
             "version_table": version_table,
         }).fetchall()
-        connection.commit()
+        if commit:
+            connection.commit()
         for name, exists, heads in rows:
             versions[name] = SchemaVersion(
                 schema=name,

@@ -215,3 +215,34 @@ def test_offline_sql_keeps_percent_signs(project):
     result = project.run("upgrade", "base:t1", "--sql", "--tenant",
                          "tenant_a", check=0)
     assert "UPDATE x SET y = 'a%b' WHERE z LIKE '%c';" in result.stdout
+
+
+def test_provisioning_replay_is_identical_to_a_full_alembic_replay(
+        project, db):
+    from pyramid_tenantmigrate.execute import migrate_in_transaction
+
+    write_rich_history(project)
+    project.run("upgrade", "shared", check=0)
+    create_schemas(db, "tenant_alembic")
+    project.write_ini(**{"tenantmigrate.replay": "false"})
+    project.run("upgrade", "--tenant", "tenant_alembic", check=0)
+
+    migrator = project.migrator()
+    for name in ("tenant_new1", "tenant_new2"):
+        with migrator.connect() as connection:
+            with connection.begin():
+                connection.exec_driver_sql(f"CREATE SCHEMA {name}")
+                migrate_in_transaction(migrator, connection, name,
+                                       "tenant@head")
+                # The caller's settings are back as they were.
+                assert connection.exec_driver_sql(
+                    "SHOW search_path").scalar() == '"$user", public'
+                assert connection.exec_driver_sql(
+                    "SHOW lock_timeout").scalar() == "0"
+    # Rendered once, kept for the next tenant.
+    assert len(migrator.replay_scripts) == 1
+    migrator.close()
+
+    expected = catalog_snapshot(db, "tenant_alembic")
+    assert catalog_snapshot(db, "tenant_new1") == expected
+    assert catalog_snapshot(db, "tenant_new2") == expected
