@@ -30,16 +30,21 @@ class NeedsConnection(Exception):
     """Raised inside a revision being rendered when it needs a database."""
 
 
-class _NoConnection:
-    """Stands in for the connection while rendering: any use means the
-    revision reads the database, so it cannot be rendered once for all."""
-
-    def __getattr__(self, name):
-        raise NeedsConnection(f"uses the connection ({name})")
+def _refuse_bind(self):
+    raise NeedsConnection("asks for the connection (get_bind)")
 
 
 def _refuse_offline_question():
     raise NeedsConnection("asks context.is_offline_mode()")
+
+
+def _without_bind(instance):
+    """Make ``instance.bind`` raise: ``op.get_bind()`` and
+    ``context.get_bind()`` go through it. Alembic's own offline machinery
+    (the mock connection DDL events use) keeps working."""
+    cls = type(instance)
+    instance.__class__ = type(cls.__name__, (cls,),
+                              {"bind": property(_refuse_bind)})
 
 
 def _replay_dialect(server_version_info=None):
@@ -102,8 +107,8 @@ class Renderer:
                   "script": self.migrator.script},
         )
         context.impl.static_output = statements.append
-        context.connection = _NoConnection()
-        context.impl.connection = _NoConnection()
+        _without_bind(context)
+        _without_bind(context.impl)
         env._migration_context = context
         env.is_offline_mode = _refuse_offline_question
         try:
