@@ -18,15 +18,17 @@ from sqlalchemy.exc import DBAPIError
 
 from .errors import UsageError
 from .execute import execute_branch
-from .locking import RunLock
+from .locking import RunLock, lock_is_held
 from .plan import (
     DOWNGRADE, SHARED, STAMP, TENANT, UPGRADE,
-    BranchPlan, StepPlanner, branch_has_revisions, plan_branch,
+    StepPlanner, branch_has_revisions, plan_branch,
     resolve_destinations,
 )
 from .report import (
-    FAILED, REJECTED, BranchStatus, RunReport, SchemaResult, StatusReport,
+    REJECTED, BranchReport, BranchStatus, RunReport, SchemaResult,
+    StatusReport,
 )
+from .runlog import RunRecord, last_failed_tenants, recent_runs
 from .tenants import select_tenants
 from .versions import SchemaVersion, read_schema_versions
 
@@ -102,10 +104,11 @@ def _split_range(target, sql):
     return None, target
 
 
-def _tenant_selection(migrator, connection, tenants, exclude_tenants):
+def _tenant_selection(migrator, connection, tenants, exclude_tenants,
+                      shard=None):
     discovered = migrator.discover_tenants(connection)
     return select_tenants(discovered, migrator.shared_schema,
-                          only=tenants, exclude=exclude_tenants)
+                          only=tenants, exclude=exclude_tenants, shard=shard)
 
 
 def _check_tenants_early(migrator, tenants, exclude_tenants):
@@ -126,7 +129,8 @@ def _check_tenants_early(migrator, tenants, exclude_tenants):
 
 def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
         sql=False, output=None, fail_fast=None, create_missing=False,
-        progress=None, config_uri=None, lock_wait=None, workers=None):
+        progress=None, config_uri=None, lock_wait=None, workers=None,
+        shard=None, retry_failed=False):
     """Plan and execute ``operation`` (upgrade, downgrade or stamp).
 
     - ``tenants`` / ``exclude_tenants``: narrow the tenant branch to these
@@ -145,29 +149,63 @@ def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
       (default: the ``tenantmigrate.workers`` setting).
     - ``lock_wait``: seconds to wait for another run's lock (default: the
       ``tenantmigrate.lock_wait`` setting; 0 fails at once naming the
-      holder, ``None`` in the setting's place waits forever). Offline runs
-      take no lock.
+      holder). Offline runs take no lock.
+    - ``shard``: ``(index, count)``: only this shard's tenants, and the
+      tenant branch only (run the shared branch once before the shards);
+      each shard has its own lock, so shards run side by side.
+    - ``retry_failed``: only the tenants that failed or were not attempted
+      in the last finished run of the same command.
+
+    Every locked run is recorded in the shared schema's
+    ``tenantmigrate_runs`` table; ``report.run_id`` is its row.
     """
+    options = dict(
+        tenants=tuple(tenants), exclude_tenants=tuple(exclude_tenants),
+        sql=sql, output=output, fail_fast=fail_fast,
+        create_missing=create_missing, progress=progress,
+        config_uri=config_uri, workers=workers, shard=shard)
     if sql:
-        return _run(migrator, operation, target, tenants, exclude_tenants,
-                    sql, output, fail_fast, create_missing, progress,
-                    config_uri, workers)
+        return _run(migrator, operation, target, **options)
     if lock_wait is None:
         lock_wait = migrator.settings.lock_wait
-    with RunLock(migrator, operation, wait=lock_wait):
-        return _run(migrator, operation, target, tenants, exclude_tenants,
-                    sql, output, fail_fast, create_missing, progress,
-                    config_uri, workers)
+    scope = f" shard {shard[0]}/{shard[1]}" if shard else ""
+    with RunLock(migrator, operation, wait=lock_wait, scope=scope) as lock:
+        if retry_failed:
+            failed = last_failed_tenants(lock.connection,
+                                         migrator.shared_schema, operation)
+            if not failed:
+                report = RunReport(operation, config_uri=config_uri)
+                report.branches.append(BranchReport(
+                    TENANT, operation, target or "", note=(
+                        "no earlier run recorded" if failed is None else
+                        "nothing to retry: the last run had no failed "
+                        "tenants")))
+                return report.finish()
+            options["tenants"] = tuple(failed)
+        record = RunRecord.start(lock.connection, migrator.shared_schema,
+                                 operation, target)
+        try:
+            report = _run(migrator, operation, target, **options)
+        except BaseException as exc:
+            record.abort(f"{type(exc).__name__}: {exc}")
+            raise
+        record.finish(report)
+        report.run_id = record.id
+        return report
 
 
-def _run(migrator, operation, target, tenants, exclude_tenants, sql, output,
-         fail_fast, create_missing, progress, config_uri, workers):
+def _run(migrator, operation, target, *, tenants, exclude_tenants, sql,
+         output, fail_fast, create_missing, progress, config_uri, workers,
+         shard):
     if fail_fast is None:
         fail_fast = migrator.settings.fail_fast
     output = output if output is not None else sys.stdout
     start, target = _split_range(target, sql)
     script = migrator.script
     destinations = resolve_destinations(script, operation, target)
+    if shard:
+        destinations = _tenant_destinations_for_shard(migrator, operation,
+                                                      destinations)
     report = RunReport(operation, config_uri=config_uri)
     if tenants and not (sql and start is not None):
         _check_tenants_early(migrator, tenants, exclude_tenants)
@@ -191,7 +229,8 @@ def _run(migrator, operation, target, tenants, exclude_tenants, sql, output,
             with migrator.connect() as connection:
                 if schemas is None:
                     selection = _tenant_selection(
-                        migrator, connection, tenants, exclude_tenants)
+                        migrator, connection, tenants, exclude_tenants,
+                        shard)
                     schemas, rejected = selection.schemas, selection.rejected
                 versions = read_schema_versions(
                     connection, schemas, migrator.settings.version_table)
@@ -201,6 +240,8 @@ def _run(migrator, operation, target, tenants, exclude_tenants, sql, output,
                             for s, v in versions.items()}
 
         plan = plan_branch(planner, branch, versions, schemas)
+        if hasattr(progress, "planned"):
+            progress.planned(branch, len(plan.pending))
         branch_report, aborted = execute_branch(
             migrator, plan, planner, as_sql=sql, output=output,
             fail_fast=fail_fast, create_missing=create_missing,
@@ -221,7 +262,38 @@ def _run(migrator, operation, target, tenants, exclude_tenants, sql, output,
     return report.finish()
 
 
-def current(migrator, tenants=(), exclude_tenants=()):
+def _tenant_destinations_for_shard(migrator, operation, destinations):
+    """A shard runs the tenant branch only, and only once the shared schema
+    is where the run needs it."""
+    tenant_destinations = [d for d in destinations if d[0] == TENANT]
+    if not tenant_destinations:
+        raise UsageError("--shard splits tenants: give a tenant target "
+                         "(e.g. 'tenant@head'); run the shared branch once, "
+                         "without --shard")
+    if operation == UPGRADE and any(d[0] == SHARED for d in destinations):
+        shared = current(migrator, tenants=(), skip_tenants=True)
+        if shared.behind:
+            raise UsageError(
+                "the shared schema is behind its head: run 'tenant-migrate "
+                "<ini> upgrade shared' once, then the shards")
+    return tenant_destinations
+
+
+def runs(migrator, limit=20):
+    """The last ``limit`` recorded runs, newest first, as
+    :class:`~pyramid_tenantmigrate.runlog.RunRow`; a run still marked
+    ``running`` while no run holds the lock is reported ``interrupted``."""
+    with migrator.connect() as connection:
+        rows = recent_runs(connection, migrator.shared_schema, limit)
+        if any(row.status == "running" for row in rows) and not lock_is_held(
+                connection):
+            for row in rows:
+                if row.status == "running":
+                    row.status = "interrupted"
+    return rows
+
+
+def current(migrator, tenants=(), exclude_tenants=(), skip_tenants=False):
     """Report the shared schema's revision and every tenant's, with how far
     each is behind its branch's head. Returns a
     :class:`~pyramid_tenantmigrate.report.StatusReport`."""
@@ -229,7 +301,7 @@ def current(migrator, tenants=(), exclude_tenants=()):
     status = StatusReport()
     version_table = migrator.settings.version_table
     with migrator.connect() as connection:
-        for branch in (SHARED, TENANT):
+        for branch in (SHARED,) if skip_tenants else (SHARED, TENANT):
             if branch == SHARED:
                 schemas, rejected = [migrator.shared_schema], {}
             else:

@@ -417,12 +417,16 @@ class CallerTransactionRun:
                 **dict(configure_options, **self.configure_extra),
             )
             env.run_migrations()
-        finally:
-            # SET LOCAL would outlive this call inside the caller's
-            # transaction; put the caller's search_path back.
-            connection.exec_driver_sql(
-                "SELECT set_config('search_path', %(path)s, true)",
-                {"path": previous})
+        except BaseException:
+            # The caller's transaction is aborted and will be rolled back,
+            # search_path with it; restoring it here would only raise
+            # "current transaction is aborted" and hide the real error.
+            raise
+        # SET LOCAL would outlive this call inside the caller's
+        # transaction; put the caller's search_path back.
+        connection.exec_driver_sql(
+            "SELECT set_config('search_path', %(path)s, true)",
+            {"path": previous})
 
 
 def migrate_in_transaction(migrator, connection, schema, destination,

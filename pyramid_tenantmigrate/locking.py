@@ -15,7 +15,7 @@ import socket
 import zlib
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from .errors import TenantMigrateError
 
@@ -48,6 +48,14 @@ def lock_object_id(shared_schema):
     return zlib.crc32(shared_schema.encode("utf-8")) & 0x7FFFFFFF
 
 
+def lock_is_held(connection):
+    """Tell whether any run of this package holds a lock right now."""
+    return connection.execute(text(
+        "SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = "
+        "'advisory' AND granted AND classid = :class_id AND objsubid = 2"),
+        {"class_id": LOCK_CLASS_ID}).scalar() > 0
+
+
 def holder_label(purpose):
     """What ``application_name`` says while a run holds the lock."""
     label = f"tenant-migrate {purpose} pid={os.getpid()} " \
@@ -63,11 +71,13 @@ class RunLock:
     to wait as long as it takes.
     """
 
-    def __init__(self, migrator, purpose, wait=0):
+    def __init__(self, migrator, purpose, wait=0, scope=""):
         self.migrator = migrator
         self.purpose = purpose
         self.wait = wait
-        self.object_id = lock_object_id(migrator.shared_schema)
+        # A scope (a shard, "2/4") gets a lock of its own, so that shards
+        # of one deploy run side by side but never twice each.
+        self.object_id = lock_object_id(migrator.shared_schema + scope)
         self.connection = None
 
     def _params(self):
@@ -124,8 +134,10 @@ class RunLock:
                 self.connection.execute(text(
                     "SELECT pg_advisory_unlock(:class_id, :object_id)"),
                     self._params())
-            except DBAPIError:
-                pass  # the connection died; the server dropped the lock
+            except SQLAlchemyError:
+                # The connection died (server restart, network): the
+                # server dropped the lock with it.
+                pass
             finally:
                 self.connection.close()
                 self.connection = None

@@ -101,6 +101,7 @@ class RunReport:
     finished: datetime = None
     aborted: str = None
     config_uri: str = None
+    run_id: int = None
 
     @property
     def ok(self):
@@ -119,6 +120,7 @@ class RunReport:
     def to_dict(self):
         return {
             "command": self.command,
+            "run_id": self.run_id,
             "ok": self.ok,
             "started": self.started.isoformat(),
             "finished": self.finished.isoformat() if self.finished else None,

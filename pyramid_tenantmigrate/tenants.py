@@ -6,6 +6,7 @@ against the catalog, or a Python callable. :func:`select_tenants` then
 narrows it to what the command asked for (``--tenant``,
 ``--exclude-tenant``) and sets aside names that are not safe to run SQL for.
 """
+import zlib
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
@@ -75,12 +76,36 @@ class TenantSelection:
     rejected: dict = field(default_factory=dict)
 
 
-def select_tenants(discovered, shared_schema, only=(), exclude=()):
+def parse_shard(text):
+    """``"2/4"`` -> ``(2, 4)``; raise UsageError for anything else."""
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        index = count = 0
+    if not 1 <= index <= count:
+        raise UsageError(f"invalid shard {text!r}: write I/N with "
+                         "1 <= I <= N, e.g. --shard 2/4")
+    return index, count
+
+
+def in_shard(schema, shard):
+    """Tell whether ``schema`` belongs to ``shard`` (``(index, count)``).
+
+    The split depends on the name only, not on the tenant list, so every
+    machine of a deploy agrees on it without talking to the others.
+    """
+    index, count = shard
+    return zlib.crc32(schema.encode("utf-8")) % count == index - 1
+
+
+def select_tenants(discovered, shared_schema, only=(), exclude=(),
+                   shard=None):
     """Narrow ``discovered`` to the tenants a command asked for.
 
     ``only`` (``--tenant``) must name tenants the source lists: asking for
     one it does not know is a usage error, raised before anything runs.
-    ``exclude`` (``--exclude-tenant``) drops names. Invalid names from the
+    ``exclude`` (``--exclude-tenant``) drops names; ``shard`` keeps only
+    one shard's share (:func:`in_shard`). Invalid names from the
     source are returned in ``rejected``; invalid names on the command line
     are a usage error.
     """
@@ -100,7 +125,7 @@ def select_tenants(discovered, shared_schema, only=(), exclude=()):
     excluded = set(exclude)
     selection = TenantSelection(schemas=[])
     for name in wanted:
-        if name in excluded:
+        if name in excluded or (shard and not in_shard(name, shard)):
             continue
         problem = schema_name_problem(name, shared_schema)
         if problem is not None:

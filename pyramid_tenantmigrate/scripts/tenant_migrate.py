@@ -17,7 +17,8 @@ from pyramid.scripts.common import parse_vars
 from .. import commands
 from ..errors import TenantMigrateError, UsageError
 from ..migrator import TenantMigrator
-from ..report import SUCCESS_STATUSES
+from ..tenants import parse_shard
+from .progress import Progress
 
 
 def main(argv=sys.argv, quiet=False):
@@ -37,6 +38,19 @@ def _add_tenant_selection(parser):
 
 def _add_run_options(parser):
     _add_tenant_selection(parser)
+    parser.add_argument(
+        "--tenants-from", metavar="FILE",
+        help="only the tenants named in FILE, one per line ('-': stdin)")
+    parser.add_argument(
+        "--shard", metavar="I/N",
+        help="only shard I of N of the tenants (a stable split by name), "
+             "tenant branch only; shards run side by side")
+    parser.add_argument(
+        "--retry-failed", action="store_true",
+        help="only the tenants that failed in the last run of this command")
+    parser.add_argument(
+        "--report", metavar="PATH",
+        help="also write the run report as JSON to PATH")
     parser.add_argument(
         "--sql", action="store_true",
         help="print the SQL for each schema instead of running it "
@@ -129,6 +143,12 @@ class TenantMigrateCommand:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("args", nargs="*", metavar="var=value")
 
+        p = sub.add_parser("runs", help="list recent runs and their outcome")
+        p.add_argument("-n", "--limit", type=int, default=20,
+                       help="how many runs (default 20)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
         p = sub.add_parser("history", help="list revisions")
         p.add_argument("-r", "--rev-range", help="e.g. tenant@base:tenant@head")
         p.add_argument("-v", "--verbose", action="store_true")
@@ -217,28 +237,48 @@ class TenantMigrateCommand:
         target = self._one_positional(positionals, "target", True)
         return self._run_report(commands.stamp, migrator, target)
 
-    def _progress(self, branch, result):
-        if not result.ok:
-            where = (f" at revision {result.failed_revision}"
-                     if result.failed_revision else "")
-            self.err(f"FAILED {branch} {result.schema}{where}: "
-                     f"{result.error}")
-        elif self.options.verbose and not self.quiet:
-            print(f"{branch} {result.schema}: {result.status} "
-                  f"{','.join(result.from_heads) or 'base'} -> "
-                  f"{','.join(result.to_heads) or 'base'}",
-                  file=self.stderr if self.options.sql else self.stdout)
+    def _tenant_names(self):
+        names = list(self.options.tenant)
+        path = self.options.tenants_from
+        if path:
+            try:
+                if path == "-":
+                    lines = sys.stdin.read().splitlines()
+                else:
+                    with open(path) as f:
+                        lines = f.read().splitlines()
+            except OSError as exc:
+                raise UsageError(f"cannot read --tenants-from {path}: "
+                                 f"{exc.strerror}") from None
+            names.extend(line.strip() for line in lines
+                         if line.strip() and not line.startswith("#"))
+            if not names:
+                raise UsageError(f"--tenants-from {path} names no tenant")
+        return names
 
     def _run_report(self, fn, migrator, target, **extra):
         options = self.options
+        progress = Progress(self.stderr, tty=self.stderr.isatty(),
+                            verbose=options.verbose)
         report = fn(
-            migrator, target, tenants=options.tenant,
+            migrator, target, tenants=self._tenant_names(),
             exclude_tenants=options.exclude_tenant, sql=options.sql,
             output=self.stdout, fail_fast=options.fail_fast,
-            progress=self._progress, config_uri=options.config_uri,
-            lock_wait=options.wait, workers=options.workers, **extra)
+            progress=progress, config_uri=options.config_uri,
+            lock_wait=options.wait, workers=options.workers,
+            shard=parse_shard(options.shard) if options.shard else None,
+            retry_failed=options.retry_failed, **extra)
+        progress.finish_line()
+        document = json.dumps(report.to_dict(), indent=2)
+        if options.report:
+            try:
+                with open(options.report, "w") as f:
+                    f.write(document + "\n")
+            except OSError as exc:
+                self.err(f"tenant-migrate: cannot write --report "
+                         f"{options.report}: {exc.strerror}")
         if options.json:
-            self.out(json.dumps(report.to_dict(), indent=2))
+            self.out(document)
         else:
             # With --sql, stdout is the SQL script: the summary goes aside.
             text = report.render_text()
@@ -247,6 +287,29 @@ class TenantMigrateCommand:
             else:
                 self.out(text)
         return 0 if report.ok else 1
+
+    def command_runs(self, migrator, positionals):
+        self._one_positional(positionals, "argument", False)
+        rows = commands.runs(migrator, self.options.limit)
+        if self.options.json:
+            self.out(json.dumps([row.to_dict() for row in rows], indent=2))
+            return 0
+        if not rows:
+            self.out("no runs recorded yet")
+        for row in rows:
+            counts = ", ".join(f"{n} {k}" for k, n in sorted(
+                (row.counts or {}).items()))
+            took = (f"{(row.finished - row.started).total_seconds():.1f}s"
+                    if row.finished else "-")
+            self.out(f"#{row.id} {row.started:%Y-%m-%d %H:%M:%S} "
+                     f"{row.command} {row.target or ''} {row.status} "
+                     f"({took}) on {row.host} pid {row.pid}"
+                     + (f": {counts}" if counts else ""))
+            for failure in (row.failures or [])[:5]:
+                if failure.get("schema"):
+                    self.out(f"    {failure.get('status')} "
+                             f"{failure['schema']}: {failure.get('error')}")
+        return 0
 
     def command_current(self, migrator, positionals):
         self._one_positional(positionals, "argument", False)
