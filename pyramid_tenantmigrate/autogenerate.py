@@ -67,8 +67,8 @@ def branch_metadata(settings, branch):
     """The ``MetaData`` the models of ``branch`` are declared in.
 
     Raises :class:`~pyramid_tenantmigrate.errors.ConfigurationError` naming
-    the setting when it is not set, or when a table sits in a separate
-    branch's ``MetaData`` with a schema that belongs to the other branch.
+    the setting when it is not set, or when a separate shared ``MetaData``
+    holds a table without a schema.
     """
     name = f"{branch}_metadata"
     metadata = getattr(settings, name)
@@ -81,20 +81,19 @@ def branch_metadata(settings, branch):
         raise ConfigurationError(
             f"setting {PREFIX}{name} must name a sqlalchemy MetaData, got "
             f"{type(metadata).__name__}")
-    if settings.shared_metadata is not settings.tenant_metadata:
-        # Two MetaData objects: a table whose schema says "the other branch"
-        # would silently never be compared.
-        shared_schema = settings.shared_schema
-        misplaced = sorted(
-            table.fullname for table in metadata.sorted_tables
-            if (table.schema is None) == (branch == SHARED)
-            and table.schema in (None, shared_schema))
-        if misplaced:
-            wanted = (f"schema={shared_schema!r}" if branch == SHARED
-                      else "no schema")
+    tenant_metadata = settings.tenant_metadata
+    if (branch == SHARED and tenant_metadata is not None
+            and tenant_metadata is not metadata):
+        # A MetaData of its own for shared models: a table in it without a
+        # schema would silently belong to no branch. (Shared tables in the
+        # tenant MetaData are fine: tenant foreign keys resolve to them.)
+        schemaless = sorted(t.name for t in metadata.sorted_tables
+                            if t.schema is None)
+        if schemaless:
             raise ConfigurationError(
-                f"tables in {PREFIX}{name} need {wanted} to belong to the "
-                f"{branch} branch: {', '.join(misplaced)}")
+                f"tables in {PREFIX}{name} need "
+                f"schema={settings.shared_schema!r} to belong to the shared "
+                f"branch: {', '.join(schemaless)}")
     return metadata
 
 
