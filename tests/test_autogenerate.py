@@ -4,7 +4,7 @@ import textwrap
 
 import sqlalchemy as sa
 
-from .conftest import create_schemas, schema_exists, tables_of, version_of
+from .conftest import create_schemas, tables_of, version_of
 
 MODELS = '''
 import sqlalchemy as sa
