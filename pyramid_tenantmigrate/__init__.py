@@ -11,6 +11,7 @@ Layout, following the way a run flows:
 - :mod:`.environment` the bridge called from a project's ``env.py``
 - :mod:`.report`    what a run did, as text and JSON
 - :mod:`.migrator`  the object holding engine, scripts and settings
+- :mod:`.autogenerate` comparing each branch's models with the database
 - :mod:`.commands`  one function per command, as ``alembic.command``
 - :mod:`.scripts.tenant_migrate` the ``tenant-migrate`` console script
 - :mod:`.embedded`  the embedded development database

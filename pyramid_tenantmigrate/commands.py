@@ -16,6 +16,7 @@ import sys
 from alembic import command as alembic_command
 from sqlalchemy.exc import DBAPIError
 
+from . import autogenerate as autogen
 from .errors import UsageError
 from .execute import execute_branch
 from .locking import RunLock, lock_is_held
@@ -56,6 +57,10 @@ def revision(migrator, message, branch, rev_id=None, autogenerate=False):
 
     The first revision of a branch starts it and carries its branch label;
     later ones follow the branch's head. Returns Alembic's ``Script``.
+
+    With ``autogenerate``, the operations come from comparing the branch's
+    models (``tenantmigrate.shared_metadata`` / ``tenant_metadata``) with
+    the database, as :mod:`.autogenerate` explains.
     """
     if branch not in (SHARED, TENANT):
         raise UsageError(
@@ -65,11 +70,28 @@ def revision(migrator, message, branch, rev_id=None, autogenerate=False):
         head, branch_label = f"{branch}@head", None
     else:
         head, branch_label = "base", branch
+    if autogenerate:
+        return autogen.revision(
+            migrator, message, branch, head, branch_label=branch_label,
+            version_path=migrator.version_path(branch), rev_id=rev_id)
     return alembic_command.revision(
         migrator.alembic_config, message=message, head=head,
         branch_label=branch_label, version_path=migrator.version_path(branch),
         rev_id=rev_id, autogenerate=autogenerate,
     )
+
+
+def check(migrator, branches=(SHARED, TENANT)):
+    """Compare each branch's models with its migrations, as ``alembic
+    check``. Returns ``{branch: [diff, ...]}``; every list is empty when
+    models and migrations agree. Nothing is changed in the database."""
+    for branch in branches:
+        if branch not in (SHARED, TENANT):
+            raise UsageError(f"unknown branch {branch!r}")
+        # Every missing setting is reported before any database work.
+        autogen.branch_metadata(migrator.settings, branch)
+    return {branch: autogen.branch_diffs(migrator, branch)
+            for branch in branches}
 
 
 def upgrade(migrator, target="heads", **options):

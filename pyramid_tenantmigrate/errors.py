@@ -54,3 +54,10 @@ class MigrationFailed(TenantMigrateError):
     def __init__(self, report):
         self.report = report
         super().__init__(report.failure_summary())
+
+
+class NotUpToDate(TenantMigrateError):
+    """Autogenerate needs a schema at its branch's head, and it is not.
+
+    The message says where the schema is and what to run first.
+    """

@@ -14,7 +14,7 @@ import textwrap
 from pyramid.paster import get_appsettings, setup_logging
 from pyramid.scripts.common import parse_vars
 
-from .. import commands
+from .. import autogenerate, commands
 from ..errors import TenantMigrateError, UsageError
 from ..migrator import TenantMigrator
 from ..tenants import parse_shard
@@ -115,6 +115,16 @@ class TenantMigrateCommand:
         p.add_argument("--branch", required=True, choices=["shared", "tenant"],
                        help="the branch the revision belongs to")
         p.add_argument("--rev-id", help="the revision id to use")
+        p.add_argument("--autogenerate", action="store_true",
+                       help="write the operations that bring the database "
+                            "to the branch's models (tenantmigrate."
+                            "shared_metadata / tenant_metadata)")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
+        p = sub.add_parser(
+            "check", help="exit 1 if models and migrations disagree")
+        p.add_argument("--branch", choices=["shared", "tenant"],
+                       help="check only this branch (default: both)")
         p.add_argument("args", nargs="*", metavar="var=value")
 
         p = sub.add_parser("upgrade", help="upgrade shared, then tenants")
@@ -220,9 +230,25 @@ class TenantMigrateCommand:
         self._one_positional(positionals, "argument", False)
         script = commands.revision(
             migrator, self.options.message, self.options.branch,
-            rev_id=self.options.rev_id)
+            rev_id=self.options.rev_id,
+            autogenerate=self.options.autogenerate)
         self.out(f"Wrote {script.path} ({self.options.branch} branch)")
         return 0
+
+    def command_check(self, migrator, positionals):
+        self._one_positional(positionals, "argument", False)
+        branches = ((self.options.branch,) if self.options.branch
+                    else ("shared", "tenant"))
+        differences = commands.check(migrator, branches)
+        for branch, diffs in differences.items():
+            if not diffs:
+                self.out(f"{branch}: no differences")
+                continue
+            self.out(f"{branch}: {len(diffs)} difference(s) between the "
+                     "models and the migrations:")
+            for diff in diffs:
+                self.out(f"  {autogenerate.describe_diff(diff)}")
+        return 1 if any(differences.values()) else 0
 
     def command_upgrade(self, migrator, positionals):
         target = self._one_positional(positionals, "target", False)
