@@ -47,6 +47,7 @@ from .errors import ConfigurationError, NotUpToDate
 from .execute import migrate_in_transaction, search_path_sql
 from .names import MAX_IDENTIFIER_BYTES, quote_schema, schema_name_problem
 from .plan import SHARED, TENANT, branch_has_revisions
+from .runlog import TABLE as RUNS_TABLE
 from .settings import PREFIX
 
 #: The scratch schema's name starts with this. The hyphen makes it a name
@@ -151,7 +152,8 @@ class BranchComparison:
             return name == (settings.shared_schema if self.branch == SHARED
                             else None)
         if type_ == "table":
-            return name != settings.version_table
+            # This package's own tables are not the models' business.
+            return name not in (settings.version_table, RUNS_TABLE)
         return True
 
     def include_object(self, obj, name, type_, reflected, compare_to):
