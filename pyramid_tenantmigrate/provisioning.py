@@ -173,11 +173,26 @@ def _migrate(migrator, schema, connection):
                 migrator, connection, schema, "tenant@head",
                 configure_extra={"on_version_apply": [count_applied]})
         except Exception as exc:
-            error = exc.orig if isinstance(exc, DBAPIError) else exc
+            error = _root_error(exc)
             raise ProvisioningFailed(
                 schema, _failed_revision(migrator, len(applied)),
                 " ".join(str(error).split()) or type(error).__name__,
             ) from exc
+
+
+_IN_FAILED_TRANSACTION = "25P02"
+
+
+def _root_error(exc):
+    """The error that failed the migration, not a later "current
+    transaction is aborted" raised while cleaning up after it."""
+    seen = exc
+    while seen is not None:
+        orig = seen.orig if isinstance(seen, DBAPIError) else seen
+        if getattr(orig, "pgcode", None) != _IN_FAILED_TRANSACTION:
+            return orig
+        seen = seen.__context__
+    return exc.orig if isinstance(exc, DBAPIError) else exc
 
 
 def _failed_revision(migrator, applied_count):
