@@ -158,3 +158,14 @@ def test_console_failing_revision_exits_1(project, db):
     assert "creating tenant 'tenant_bad' failed at revision t3" in (
         result.stderr)
     assert not schema_exists(db, "tenant_bad")
+
+
+def test_console_misconfigured_app_exits_2(project, db):
+    # The ini sets a tenant source and the app sets another in code.
+    project.app_factory = "call:tests.apps:main_with_source"
+    project.write_standard_revisions()
+    project.write_ini()
+    result = project.run("create-tenant", "tenant_x", check=2)
+    assert "tenantmigrate.tenant_schema_prefix" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not schema_exists(db, "tenant_x")

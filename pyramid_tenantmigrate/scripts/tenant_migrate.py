@@ -285,7 +285,12 @@ class TenantMigrateCommand:
 
     def _bootstrap_app(self):
         """Load the app (without its startup hook) and use its migrator."""
+        from pyramid.exceptions import (
+            ConfigurationError as PyramidConfigurationError,
+        )
+
         from ..directives import get_migrator
+        from ..errors import ConfigurationError
         from ..startup import suppressed
 
         config_vars = parse_vars([a for a in self.options.args if "=" in a])
@@ -298,6 +303,12 @@ class TenantMigrateCommand:
             raise UsageError(
                 f"cannot load the app from {self.options.config_uri}: "
                 f"{exc}") from None
+        except PyramidConfigurationError as exc:
+            # Pyramid wraps errors raised by deferred actions (such as
+            # set_tenant_source's) in its own ConfigurationExecutionError.
+            raise ConfigurationError(
+                f"the app in {self.options.config_uri} is misconfigured: "
+                + " ".join(str(exc).split())) from None
         if getattr(env["registry"], "tenant_migrator", None) is not None:
             # The app's migrator (tenant source set in code included).
             self.migrator.close()
