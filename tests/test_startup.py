@@ -1,5 +1,4 @@
 """The tenantmigrate.startup hook, with real app processes and pserve."""
-import os
 import socket
 import subprocess
 import sys
