@@ -13,11 +13,67 @@ Layout, following the way a run flows:
 - :mod:`.migrator`  the object holding engine, scripts and settings
 - :mod:`.autogenerate` comparing each branch's models with the database
 - :mod:`.commands`  one function per command, as ``alembic.command``
+- :mod:`.provisioning` creating/dropping a tenant in the caller's transaction
+- :mod:`.events`    ``TenantCreated`` / ``TenantDropped`` for subscribers
+- :mod:`.sessions`  SQLAlchemy sessions scoped to one tenant
+- :mod:`.startup`   the ``tenantmigrate.startup`` hook run when served
+- :mod:`.directives` what ``config.include`` adds to config and requests
 - :mod:`.scripts.tenant_migrate` the ``tenant-migrate`` console script
 - :mod:`.embedded`  the embedded development database
 """
 from .errors import (  # noqa: F401
     ConfigurationError, DatabaseUnavailable, InvalidSchemaName,
-    MigrationFailed, TenantMigrateError, UsageError,
+    MigrationFailed, ProvisioningFailed, StartupRefused, TenantExists,
+    TenantMigrateError, TenantNotFound, UsageError,
 )
+from .events import TenantCreated, TenantDropped  # noqa: F401
 from .migrator import TenantMigrator  # noqa: F401
+from .provisioning import create_tenant, drop_tenant  # noqa: F401
+from .sessions import (  # noqa: F401
+    get_tenant_session, set_tenant, tenant_of,
+)
+
+
+def includeme(config):
+    """Set up tenant migrations for a Pyramid app.
+
+    ``config.include('pyramid_tenantmigrate')``:
+
+    - reads every ``tenantmigrate.*`` setting now, through the table in
+      :mod:`.settings` (plus ``sqlalchemy.url``); a bad value is a
+      ``ConfigurationError`` naming the setting, at config time;
+    - builds one :class:`TenantMigrator` for the app, the object every
+      ``tenant-migrate`` command takes: ``registry.tenant_migrator`` and
+      ``request.tenant_migrator`` (reified). Its ``engine`` (created on first
+      use; ``embedded://`` URLs start the embedded server) is the one to
+      give the app's sessions, so there is one pool;
+    - adds the directives ``config.set_tenant_source(callable)`` (tenants
+      from code instead of settings) and
+      ``config.set_tenantmigrate_global_config(global_config)`` (lets the
+      startup hook tell ``pserve`` from scripts);
+    - adds ``request.create_tenant(name)`` and ``request.drop_tenant(name)``,
+      which provision in the request's transaction (``request.dbsession``,
+      ``request.tm``) and send ``TenantCreated`` / ``TenantDropped``;
+    - subscribes to ``ApplicationCreated``: when the app is served, the
+      ``tenantmigrate.startup`` hook checks or upgrades the database
+      (``off`` by default; see :mod:`.startup`) before the first request.
+
+    Tenant-scoped sessions need no setup: :func:`set_tenant` /
+    :func:`get_tenant_session` on the app's own sessions.
+    """
+    from pyramid.events import ApplicationCreated
+
+    from . import directives
+    from .startup import on_application_created
+
+    migrator = TenantMigrator.from_settings(config.get_settings())
+    config.registry.tenant_migrator = migrator
+    config.add_directive("set_tenant_source", directives.set_tenant_source)
+    config.add_directive("set_tenantmigrate_global_config",
+                         directives.set_tenantmigrate_global_config)
+    config.add_request_method(directives.request_migrator,
+                              "tenant_migrator", reify=True)
+    config.add_request_method(directives.request_create_tenant,
+                              "create_tenant")
+    config.add_request_method(directives.request_drop_tenant, "drop_tenant")
+    config.add_subscriber(on_application_created, ApplicationCreated)

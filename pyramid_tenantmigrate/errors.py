@@ -61,3 +61,49 @@ class NotUpToDate(TenantMigrateError):
 
     The message says where the schema is and what to run first.
     """
+
+
+class TenantExists(UsageError):
+    """``create_tenant`` was asked for a schema that already exists.
+
+    Provisioning never adopts an existing schema: it may hold another
+    tenant's data.
+    """
+
+    def __init__(self, schema):
+        self.schema = schema
+        super().__init__(
+            f"schema {schema!r} already exists; nothing was created. Choose "
+            "another name, or drop the old schema first (tenant-migrate <ini> "
+            f"drop-tenant {schema})")
+
+
+class TenantNotFound(UsageError):
+    """``drop_tenant`` was asked for a schema that does not exist."""
+
+    def __init__(self, schema):
+        self.schema = schema
+        super().__init__(f"schema {schema!r} does not exist; nothing was "
+                         "dropped")
+
+
+class ProvisioningFailed(TenantMigrateError):
+    """Bringing a new tenant schema to the tenant head failed.
+
+    ``schema``, ``revision`` (the revision that failed, when known) and the
+    original exception as ``__cause__``. The transaction it ran in must be
+    rolled back; nothing of the tenant remains then.
+    """
+
+    def __init__(self, schema, revision, error):
+        self.schema = schema
+        self.revision = revision
+        where = f" at revision {revision}" if revision else ""
+        super().__init__(
+            f"creating tenant {schema!r} failed{where}: {error}; nothing of "
+            "it was committed. Fix the revision, then create the tenant again")
+
+
+class StartupRefused(TenantMigrateError):
+    """The app refused to start: ``tenantmigrate.startup`` found the
+    database behind its migrations, or could not bring it to the heads."""

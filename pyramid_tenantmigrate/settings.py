@@ -73,6 +73,24 @@ def _aslist_flat(value):
     return aslist(value, flatten=True)
 
 
+def _seconds(value):
+    seconds = float(value)
+    if seconds < 0:
+        raise ValueError("must be 0 or more seconds")
+    return seconds
+
+
+#: What the app does about migrations when it is created (``pserve``).
+STARTUP_MODES = ("off", "check", "shared", "all")
+
+
+def _startup_mode(value):
+    mode = str(value).strip().lower()
+    if mode not in STARTUP_MODES:
+        raise ValueError("expected one of " + ", ".join(STARTUP_MODES))
+    return mode
+
+
 def _positive_int(value):
     number = int(value)
     if number < 1:
@@ -116,6 +134,13 @@ SETTINGS = (
     ("lock_timeout", _milliseconds, 3000),
     ("statement_timeout", _milliseconds, 0),
     ("lock_retries", _non_negative_int, 3),
+    # What happens when the Pyramid app is created by a server (pserve,
+    # gunicorn, waitress): off, check (refuse to start when behind), shared
+    # (upgrade the shared branch), all (shared, then every tenant).
+    ("startup", _startup_mode, "off"),
+    # Seconds a starting process waits for another process's migration run
+    # before refusing to start.
+    ("startup_lock_wait", _seconds, 300.0),
 )
 
 
@@ -141,6 +166,8 @@ class MigrateSettings:
     lock_timeout: int = 3000
     statement_timeout: int = 0
     lock_retries: int = 3
+    startup: str = "off"
+    startup_lock_wait: float = 300.0
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property

@@ -118,6 +118,10 @@ def db(database_url):
 class Project:
     """A project folder: an ini file and a migrations folder made by init."""
 
+    #: The ini file's app (``use = ...``); tests of the Pyramid integration
+    #: point it at an app in tests/apps.py.
+    app_factory = "call:pyramid_tenantmigrate.demo:main"
+
     def __init__(self, root, database_url):
         self.root = root
         self.database_url = database_url
@@ -135,8 +139,7 @@ class Project:
         """(Re)write app.ini from ``self.settings`` plus ``overrides``;
         a value of None removes a setting."""
         settings = dict(self.settings, **overrides)
-        lines = ["[app:main]",
-                 "use = call:pyramid_tenantmigrate.demo:main"]
+        lines = ["[app:main]", f"use = {self.app_factory}"]
         for key, value in settings.items():
             if value is not None:
                 value = str(value).replace("%", "%%").replace("\n", "\n    ")

@@ -1,23 +1,22 @@
-"""The demo app behind development.ini: shared tenants, per-tenant notes."""
+"""The demo app behind development.ini: shared tenants, per-tenant notes.
+
+``POST /signup`` (name, schema) provisions a tenant inside the request;
+``GET/POST /t/{tenant}/notes`` use a tenant-scoped session; ``/status``
+shows every schema's revision. ``tenantmigrate.startup`` in
+development.ini brings the database to the heads when pserve starts.
+"""
 from pyramid.config import Configurator
-from pyramid.response import Response
-
-
-def tenants_view(request):
-    """List the tenants and the revision of each tenant schema."""
-    migrator = request.registry.tenant_migrator
-    from .. import commands
-    status = commands.current(migrator)
-    return Response(status.render_text(verbose=True),
-                    content_type="text/plain")
 
 
 def main(global_config, **settings):
     """Build the demo WSGI app."""
-    from ..migrator import TenantMigrator
     with Configurator(settings=settings) as config:
-        config.registry.tenant_migrator = TenantMigrator.from_settings(
-            config.get_settings())
-        config.add_route("tenants", "/")
-        config.add_view(tenants_view, route_name="tenants")
+        config.include("pyramid_tenantmigrate")
+        config.set_tenantmigrate_global_config(global_config)
+        config.include(".models")
+        config.add_route("home", "/")
+        config.add_route("status", "/status")
+        config.add_route("signup", "/signup")
+        config.add_route("notes", "/t/{tenant}/notes")
+        config.scan(".views")
     return config.make_wsgi_app()

@@ -11,7 +11,7 @@ import json
 import sys
 import textwrap
 
-from pyramid.paster import get_appsettings, setup_logging
+from pyramid.paster import bootstrap, get_appsettings, setup_logging
 from pyramid.scripts.common import parse_vars
 
 from .. import autogenerate, commands
@@ -167,6 +167,7 @@ class TenantMigrateCommand:
         p = sub.add_parser("heads", help="show each branch's head")
         p.add_argument("-v", "--verbose", action="store_true")
         p.add_argument("args", nargs="*", metavar="var=value")
+        self._add_tenant_commands(sub)
         return parser
 
     def out(self, text):
@@ -356,6 +357,101 @@ class TenantMigrateCommand:
     def command_heads(self, migrator, positionals):
         self._one_positional(positionals, "argument", False)
         commands.heads(migrator, self.options.verbose, output=self.stdout)
+        return 0
+
+
+    # Tenant provisioning: these bootstrap the app, so a tenant source set in
+    # code and the app's TenantCreated subscribers apply as in a request.
+
+    bootstrap = staticmethod(bootstrap)
+    stdin = sys.stdin
+
+    def _add_tenant_commands(self, sub):
+        p = sub.add_parser("create-tenant",
+                           help="create a tenant schema at the tenant head")
+        p.add_argument("args", nargs="*", metavar="NAME [var=value]")
+
+        p = sub.add_parser("drop-tenant",
+                           help="drop a tenant schema and all its data")
+        p.add_argument("--yes", action="store_true",
+                       help="do not ask for confirmation")
+        p.add_argument("args", nargs="*", metavar="NAME [var=value]")
+
+    def _bootstrap_app(self):
+        """Load the app (without its startup hook) and use its migrator."""
+        from pyramid.exceptions import (
+            ConfigurationError as PyramidConfigurationError,
+        )
+
+        from ..directives import get_migrator
+        from ..errors import ConfigurationError
+        from ..startup import suppressed
+
+        config_vars = parse_vars([a for a in self.options.args if "=" in a])
+        config_vars.setdefault("__script__", "tenant-migrate")
+        try:
+            with suppressed():
+                env = self.bootstrap(self.options.config_uri,
+                                     options=config_vars)
+        except (OSError, LookupError, ValueError) as exc:
+            raise UsageError(
+                f"cannot load the app from {self.options.config_uri}: "
+                f"{exc}") from None
+        except PyramidConfigurationError as exc:
+            # Pyramid wraps errors raised by deferred actions (such as
+            # set_tenant_source's) in its own ConfigurationExecutionError.
+            raise ConfigurationError(
+                f"the app in {self.options.config_uri} is misconfigured: "
+                + " ".join(str(exc).split())) from None
+        if getattr(env["registry"], "tenant_migrator", None) is not None:
+            # The app's migrator (tenant source set in code included).
+            self.migrator.close()
+            self.migrator = get_migrator(env["registry"])
+        return env
+
+    def command_create_tenant(self, migrator, positionals):
+        name = self._one_positional(positionals, "tenant name", True)
+        env = self._bootstrap_app()
+        try:
+            schema = commands.create_tenant(
+                self.migrator, name, registry=env["registry"],
+                request=env["request"])
+            self.out(f"Created tenant schema {schema} at the tenant head")
+            self._warn_if_unlisted(schema)
+        finally:
+            env["closer"]()
+        return 0
+
+    def _warn_if_unlisted(self, schema):
+        try:
+            with self.migrator.connect() as connection:
+                listed = schema in self.migrator.discover_tenants(connection)
+        except Exception:
+            return
+        if not listed:
+            self.err(f"tenant-migrate: note: the tenant source does not list "
+                     f"{schema}; add it there (e.g. a row in your tenants "
+                     "table) or later upgrades will not migrate it")
+
+    def command_drop_tenant(self, migrator, positionals):
+        name = self._one_positional(positionals, "tenant name", True)
+        if not self.options.yes:
+            self.err(f"Drop tenant schema {name} and ALL its data? Type the "
+                     "schema name to confirm:")
+            answer = self.stdin.readline().strip()
+            if answer != name:
+                raise UsageError(
+                    f"not confirmed, {name} was not dropped (type the schema "
+                    "name, or pass --yes)")
+        env = self._bootstrap_app()
+        try:
+            schema = commands.drop_tenant(
+                self.migrator, name, registry=env["registry"],
+                request=env["request"])
+            self.out(f"Dropped tenant schema {schema}; remove it from the "
+                     "tenant source too")
+        finally:
+            env["closer"]()
         return 0
 
 

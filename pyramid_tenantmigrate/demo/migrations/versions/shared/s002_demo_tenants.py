@@ -1,7 +1,7 @@
 """demo seed: three tenants with their (empty) schemas
 
-A real application provisions tenants at sign-up (see
-TenantMigrator.create_tenant); the demo seeds three so that the first
+A real application provisions tenants at sign-up (the demo's /signup
+view, with request.create_tenant); the demo also seeds three so that the first
 ``tenant-migrate development.ini upgrade`` has tenants to migrate.
 
 Revision ID: s002_demo_tenants

@@ -1,0 +1,45 @@
+"""Events sent to the app's subscribers when tenants come and go.
+
+Subscribe with ``config.add_subscriber(seed, TenantCreated)`` (or
+``@subscriber(TenantCreated)``). They are sent inside the transaction that
+provisioned the tenant: whatever a subscriber writes commits or rolls back
+with the tenant itself.
+"""
+
+
+class TenantCreated:
+    """A tenant schema was created and brought to the tenant head.
+
+    - ``schema``: the new tenant's schema name;
+    - ``connection``: the connection it was created on, inside the still
+      open transaction. While subscribers run, tables declared without a
+      schema resolve to the new tenant on it (``schema_translate_map``), so
+      ``connection.execute(insert(Note.__table__) ...)`` seeds the tenant;
+    - ``dbsession``: the request's session when provisioning ran in one
+      (else ``None``); it shares ``connection``;
+    - ``request`` (or ``None`` outside a request), ``registry``,
+      ``migrator``.
+    """
+
+    def __init__(self, schema, connection, migrator, registry=None,
+                 request=None, dbsession=None):
+        self.schema = schema
+        self.connection = connection
+        self.migrator = migrator
+        self.registry = registry
+        self.request = request
+        self.dbsession = dbsession
+
+
+class TenantDropped:
+    """A tenant schema was dropped (same attributes as
+    :class:`TenantCreated`, the schema no longer exists)."""
+
+    def __init__(self, schema, connection, migrator, registry=None,
+                 request=None, dbsession=None):
+        self.schema = schema
+        self.connection = connection
+        self.migrator = migrator
+        self.registry = registry
+        self.request = request
+        self.dbsession = dbsession

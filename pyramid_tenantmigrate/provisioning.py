@@ -1,0 +1,213 @@
+"""Creating and dropping tenant schemas, in the caller's transaction.
+
+:func:`create_tenant` creates a schema, brings it to the tenant head with
+the same revisions ``tenant-migrate upgrade`` runs, and sends
+:class:`~pyramid_tenantmigrate.events.TenantCreated`. It runs on the
+connection it is given, inside the transaction already open there, and
+never commits: in a request with pyramid_tm and zope.sqlalchemy the tenant
+is committed with the request, or rolled back with it if the request fails
+later (PostgreSQL DDL is transactional, so the schema and its tables are
+gone then). Without a connection it opens and commits its own transaction.
+
+:func:`drop_tenant` is the explicit opposite; nothing here drops a schema
+implicitly.
+"""
+import threading
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from .errors import ProvisioningFailed, TenantExists, TenantNotFound
+from .events import TenantCreated, TenantDropped
+from .execute import migrate_in_transaction
+from .names import quote_schema, validate_schema_name
+from .sessions import tenant_execution_options
+
+#: Alembic's ``op`` and ``context`` are module globals: two migrations in
+#: two threads of one process (two sign-ups served by waitress threads)
+#: would run in each other's context. Every migration this package runs
+#: inside a process holds this lock.
+ALEMBIC_LOCK = threading.RLock()
+
+_SCHEMA_EXISTS = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace "
+    "WHERE nspname = :schema)")
+_DUPLICATE_SCHEMA = "42P06"
+
+
+def schema_exists(connection, schema):
+    """Tell whether ``schema`` exists, as seen inside ``connection``'s
+    transaction."""
+    return connection.execute(_SCHEMA_EXISTS, {"schema": schema}).scalar()
+
+
+def create_tenant(migrator, name, *, connection=None, dbsession=None,
+                  transaction_manager=None, registry=None, request=None):
+    """Create the tenant schema ``name`` and bring it to the tenant head.
+
+    Where it runs, first match wins:
+
+    - ``dbsession``: on the session's connection, in its transaction, and
+      the session is marked changed in ``transaction_manager`` (DDL alone
+      does not mark a zope.sqlalchemy session changed, and an unchanged
+      session is rolled back at commit);
+    - ``connection``: in the transaction the caller has begun on it;
+    - neither: in a transaction of its own, committed on success.
+
+    ``name`` must be a valid tenant schema name (else
+    :class:`~pyramid_tenantmigrate.errors.InvalidSchemaName`) and must not
+    exist (else :class:`~pyramid_tenantmigrate.errors.TenantExists`). A
+    failing revision raises
+    :class:`~pyramid_tenantmigrate.errors.ProvisioningFailed`; the caller's
+    transaction must then be rolled back. With a ``registry`` (or a
+    ``request``), :class:`~pyramid_tenantmigrate.events.TenantCreated` is
+    sent before returning. Returns the schema name.
+    """
+    schema = validate_schema_name(name, migrator.shared_schema)
+    if dbsession is None and connection is None:
+        with migrator.connect() as own_connection:
+            with own_connection.begin():
+                _create(migrator, schema, own_connection, registry, request,
+                        None)
+        return schema
+    if dbsession is not None:
+        connection = dbsession.connection()
+    _require_transaction(connection)
+    _create(migrator, schema, connection, registry, request, dbsession)
+    if dbsession is not None:
+        _mark_changed(dbsession, transaction_manager)
+    return schema
+
+
+def drop_tenant(migrator, name, *, connection=None, dbsession=None,
+                transaction_manager=None, registry=None, request=None):
+    """Drop the tenant schema ``name`` and everything in it.
+
+    Runs where :func:`create_tenant` would. A schema that does not exist is
+    :class:`~pyramid_tenantmigrate.errors.TenantNotFound`. The tenant
+    source (a row in a tenants table, say) is the app's to update.
+    Sends :class:`~pyramid_tenantmigrate.events.TenantDropped`.
+    """
+    schema = validate_schema_name(name, migrator.shared_schema)
+    if dbsession is None and connection is None:
+        with migrator.connect() as own_connection:
+            with own_connection.begin():
+                _drop(migrator, schema, own_connection, registry, request,
+                      None)
+        return schema
+    if dbsession is not None:
+        connection = dbsession.connection()
+    _require_transaction(connection)
+    _drop(migrator, schema, connection, registry, request, dbsession)
+    if dbsession is not None:
+        _mark_changed(dbsession, transaction_manager)
+    return schema
+
+
+def _require_transaction(connection):
+    if not connection.in_transaction():
+        raise RuntimeError(
+            "provisioning runs inside the caller's transaction: call "
+            "connection.begin() first, or pass no connection")
+
+
+def _mark_changed(dbsession, transaction_manager):
+    from zope.sqlalchemy import mark_changed
+
+    if transaction_manager is None:
+        import transaction
+        transaction_manager = transaction.manager
+    mark_changed(dbsession, transaction_manager=transaction_manager)
+
+
+def _registry(registry, request):
+    if registry is None and request is not None:
+        return request.registry
+    return registry
+
+
+def _notify(event):
+    if event.registry is not None:
+        event.registry.notify(event)
+
+
+def _create(migrator, schema, connection, registry, request, dbsession):
+    if schema_exists(connection, schema):
+        raise TenantExists(schema)
+    try:
+        connection.exec_driver_sql(f"CREATE SCHEMA {quote_schema(schema)}")
+    except DBAPIError as exc:
+        # Another transaction created it since the check above.
+        if getattr(exc.orig, "pgcode", None) == _DUPLICATE_SCHEMA:
+            raise TenantExists(schema) from None
+        raise
+    saved_options = connection.get_execution_options()
+    try:
+        # The migration relies on search_path, as in tenant-migrate runs;
+        # a translate map left by a tenant-scoped session would send its
+        # tables elsewhere.
+        connection.execution_options(schema_translate_map=None)
+        _migrate(migrator, schema, connection)
+        connection.execution_options(**tenant_execution_options(schema))
+        _notify(TenantCreated(schema, connection, migrator,
+                              _registry(registry, request), request,
+                              dbsession))
+        if dbsession is not None:
+            # Whatever subscribers added to the session belongs to the new
+            # tenant: write it while the map still says so.
+            dbsession.flush()
+    finally:
+        connection.execution_options(
+            schema_translate_map=saved_options.get("schema_translate_map"))
+
+
+def _migrate(migrator, schema, connection):
+    applied = []
+
+    def count_applied(ctx, step, heads, run_args):
+        applied.append(step)
+
+    with ALEMBIC_LOCK:
+        try:
+            migrate_in_transaction(
+                migrator, connection, schema, "tenant@head",
+                configure_extra={"on_version_apply": [count_applied]})
+        except Exception as exc:
+            error = _root_error(exc)
+            raise ProvisioningFailed(
+                schema, _failed_revision(migrator, len(applied)),
+                " ".join(str(error).split()) or type(error).__name__,
+            ) from exc
+
+
+_IN_FAILED_TRANSACTION = "25P02"
+
+
+def _root_error(exc):
+    """The error that failed the migration, not a later "current
+    transaction is aborted" raised while cleaning up after it."""
+    seen = exc
+    while seen is not None:
+        orig = seen.orig if isinstance(seen, DBAPIError) else seen
+        if getattr(orig, "pgcode", None) != _IN_FAILED_TRANSACTION:
+            return orig
+        seen = seen.__context__
+    return exc.orig if isinstance(exc, DBAPIError) else exc
+
+
+def _failed_revision(migrator, applied_count):
+    """The revision after the ``applied_count`` that went through."""
+    try:
+        revisions = list(reversed(list(
+            migrator.script.iterate_revisions("tenant@head", "base"))))
+        return revisions[applied_count].revision
+    except Exception:
+        return None
+
+
+def _drop(migrator, schema, connection, registry, request, dbsession):
+    if not schema_exists(connection, schema):
+        raise TenantNotFound(schema)
+    connection.exec_driver_sql(f"DROP SCHEMA {quote_schema(schema)} CASCADE")
+    _notify(TenantDropped(schema, connection, migrator,
+                          _registry(registry, request), request, dbsession))

@@ -1,0 +1,81 @@
+"""SQLAlchemy sessions scoped to one tenant.
+
+Tenant models are declared without a schema (``__tablename__ = "notes"``);
+shared models name the shared schema (``__table_args__ = {"schema":
+"public"}``). A session scoped to a tenant renders every table without a
+schema as that tenant's, through SQLAlchemy's ``schema_translate_map``.
+
+Why not ``SET search_path``: a session-level ``SET`` stays on the pooled
+connection and leaks into the next request that gets it, and even
+``SET LOCAL`` is easy to lose when a transaction is reused. The translate
+map is compiled into each statement and lives on the SQLAlchemy
+``Connection`` of the session's current transaction, which is thrown away
+when the transaction ends; nothing is left on the database connection.
+"""
+from sqlalchemy import event
+
+from .names import validate_schema_name
+
+#: Key in ``Session.info`` holding the tenant the session is scoped to.
+TENANT_KEY = "tenantmigrate.tenant"
+_LISTENING_KEY = "tenantmigrate.tenant_listener"
+
+
+def tenant_execution_options(schema):
+    """Execution options that send tables without a schema to ``schema``."""
+    return {"schema_translate_map": {None: schema}}
+
+
+def _apply_tenant(session, transaction, connection):
+    schema = session.info.get(TENANT_KEY)
+    if schema is not None:
+        # Connection.execution_options() changes this Connection in place
+        # (SQLAlchemy 2); the Connection ends with the transaction.
+        connection.execution_options(**tenant_execution_options(schema))
+
+
+def set_tenant(dbsession, schema, shared_schema="public"):
+    """Scope ``dbsession`` to the tenant ``schema`` from now on.
+
+    Applies to the session's current transaction and every later one.
+    ``schema`` is validated as a tenant schema name. Switching a session
+    from one tenant to another flushes it, then detaches every object it
+    holds: the identity map keys rows by primary key only, so a ``Note``
+    with id 1 of the old tenant would otherwise stand in for the new
+    tenant's. Returns ``dbsession``.
+    """
+    schema = validate_schema_name(schema, shared_schema)
+    previous = dbsession.info.get(TENANT_KEY)
+    if previous is not None and previous != schema:
+        dbsession.flush()
+        dbsession.expunge_all()
+    if not dbsession.info.get(_LISTENING_KEY):
+        event.listen(dbsession, "after_begin", _apply_tenant)
+        dbsession.info[_LISTENING_KEY] = True
+    dbsession.info[TENANT_KEY] = schema
+    if dbsession.in_transaction():
+        # The transaction may already hold its connection: scope it too.
+        dbsession.connection().execution_options(
+            **tenant_execution_options(schema))
+    return dbsession
+
+
+def tenant_of(dbsession):
+    """The tenant schema ``dbsession`` is scoped to, or ``None``."""
+    return dbsession.info.get(TENANT_KEY)
+
+
+def get_tenant_session(session_factory, schema, transaction_manager=None,
+                       shared_schema="public"):
+    """A new session from ``session_factory``, scoped to ``schema``.
+
+    With a ``transaction_manager`` (``request.tm``) the session joins it
+    through ``zope.sqlalchemy``, as the cookiecutter's ``get_tm_session``
+    does: pyramid_tm commits or aborts it with the request.
+    """
+    dbsession = session_factory()
+    if transaction_manager is not None:
+        import zope.sqlalchemy
+        zope.sqlalchemy.register(dbsession,
+                                 transaction_manager=transaction_manager)
+    return set_tenant(dbsession, schema, shared_schema)
