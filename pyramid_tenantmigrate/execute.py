@@ -31,7 +31,9 @@ from sqlalchemy.exc import DBAPIError
 from .errors import ConfigurationError, DatabaseUnavailable
 from .names import quote_schema
 from .render import Renderer, version_table_ddl
-from .replay import LOCK_NOT_AVAILABLE, ReplayPool, ReplayScript
+from .replay import (
+    LOCK_NOT_AVAILABLE, ReplayPool, ReplayScript, last_step,
+)
 from .report import (
     DONE, FAILED, MISSING, NOT_RUN, RENDERED, UP_TO_DATE,
     BranchReport, SchemaResult,
@@ -379,12 +381,26 @@ def _replay_in_transaction(migrator, connection, schema, operation,
         if script is None:
             return False
         migrator.replay_scripts[key] = script
-    cursor = connection.connection.driver_connection.cursor()
+    raw = connection.connection.driver_connection
+    del raw.notices[:]
+    cursor = raw.cursor()
     try:
         cursor.execute(script.in_caller_transaction(schema))
+    except Exception as exc:
+        raise StepFailed(last_step(raw.notices), exc) from exc
     finally:
         cursor.close()
     return True
+
+
+class StepFailed(Exception):
+    """A replayed migration failed; ``revision`` is the step that failed
+    (from the step notices), ``__cause__`` the database error."""
+
+    def __init__(self, revision, error):
+        self.revision = revision
+        self.pgcode = getattr(error, "pgcode", None)
+        super().__init__(" ".join(str(error).split()))
 
 
 class CallerTransactionRun:

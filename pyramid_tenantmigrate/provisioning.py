@@ -174,8 +174,12 @@ def _migrate(migrator, schema, connection):
                 configure_extra={"on_version_apply": [count_applied]})
         except Exception as exc:
             error = _root_error(exc)
+            # The replay path names the failing step itself; Alembic's
+            # path is counted with on_version_apply.
+            revision = getattr(exc, "revision", None) or _failed_revision(
+                migrator, len(applied))
             raise ProvisioningFailed(
-                schema, _failed_revision(migrator, len(applied)),
+                schema, revision,
                 " ".join(str(error).split()) or type(error).__name__,
             ) from exc
 

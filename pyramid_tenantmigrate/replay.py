@@ -242,7 +242,7 @@ class ReplayPool:
                 # server runs it as one simple query, in one round trip.
                 cursor.execute(sql)
             except psycopg2.Error as exc:
-                failed_step = _last_step(raw.notices)
+                failed_step = last_step(raw.notices)
                 broken = raw.closed or isinstance(
                     exc, (psycopg2.OperationalError, psycopg2.InterfaceError)
                 ) and exc.pgcode is None
@@ -310,7 +310,8 @@ def _rollback(raw):
         pass
 
 
-def _last_step(notices):
+def last_step(notices):
+    """The revision named by the last step notice, or None."""
     for notice in reversed(notices):
         if _STEP_NOTICE in notice:
             return notice.split(_STEP_NOTICE, 1)[1].strip()
