@@ -89,6 +89,8 @@ class TenantMigrateCommand:
     """)
 
     get_appsettings = staticmethod(get_appsettings)
+    #: Commands that list tenants, and so need the tenant source.
+    tenant_commands = frozenset({"upgrade", "downgrade", "stamp", "current"})
     setup_logging = staticmethod(setup_logging)
     stdout = sys.stdout
     stderr = sys.stderr
@@ -208,6 +210,15 @@ class TenantMigrateCommand:
         command = options.command
         migrator = self._load(options.config_uri, config_vars)
         method = getattr(self, "command_" + command.replace("-", "_"))
+        if (command in self.tenant_commands
+                and migrator.settings.tenant_source_setting is None):
+            # No tenant source in the settings: the app may set one in code
+            # (config.set_tenant_source); load it and use its migrator.
+            env = self._bootstrap_app()
+            try:
+                return method(self.migrator, positionals)
+            finally:
+                env["closer"]()
         return method(migrator, positionals)
 
     def _one_positional(self, positionals, name, required):
