@@ -7,7 +7,24 @@ with the tenant itself.
 """
 
 
-class TenantCreated:
+class _TenantEvent:
+    """What every tenant event carries (see :class:`TenantCreated`).
+
+    A private base, not a base of each other: a ``TenantCreated``
+    subscriber must never run for a dropped tenant.
+    """
+
+    def __init__(self, schema, connection, migrator, registry=None,
+                 request=None, dbsession=None):
+        self.schema = schema
+        self.connection = connection
+        self.migrator = migrator
+        self.registry = registry
+        self.request = request
+        self.dbsession = dbsession
+
+
+class TenantCreated(_TenantEvent):
     """A tenant schema was created and brought to the tenant head.
 
     - ``schema``: the new tenant's schema name;
@@ -21,25 +38,7 @@ class TenantCreated:
       ``migrator``.
     """
 
-    def __init__(self, schema, connection, migrator, registry=None,
-                 request=None, dbsession=None):
-        self.schema = schema
-        self.connection = connection
-        self.migrator = migrator
-        self.registry = registry
-        self.request = request
-        self.dbsession = dbsession
 
-
-class TenantDropped:
+class TenantDropped(_TenantEvent):
     """A tenant schema was dropped (same attributes as
     :class:`TenantCreated`, the schema no longer exists)."""
-
-    def __init__(self, schema, connection, migrator, registry=None,
-                 request=None, dbsession=None):
-        self.schema = schema
-        self.connection = connection
-        self.migrator = migrator
-        self.registry = registry
-        self.request = request
-        self.dbsession = dbsession

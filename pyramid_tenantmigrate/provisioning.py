@@ -63,20 +63,8 @@ def create_tenant(migrator, name, *, connection=None, dbsession=None,
     ``request``), :class:`~pyramid_tenantmigrate.events.TenantCreated` is
     sent before returning. Returns the schema name.
     """
-    schema = validate_schema_name(name, migrator.shared_schema)
-    if dbsession is None and connection is None:
-        with migrator.connect() as own_connection:
-            with own_connection.begin():
-                _create(migrator, schema, own_connection, registry, request,
-                        None)
-        return schema
-    if dbsession is not None:
-        connection = dbsession.connection()
-    _require_transaction(connection)
-    _create(migrator, schema, connection, registry, request, dbsession)
-    if dbsession is not None:
-        _mark_changed(dbsession, transaction_manager)
-    return schema
+    return _where_it_runs(_create, migrator, name, connection, dbsession,
+                          transaction_manager, registry, request)
 
 
 def drop_tenant(migrator, name, *, connection=None, dbsession=None,
@@ -88,18 +76,28 @@ def drop_tenant(migrator, name, *, connection=None, dbsession=None,
     source (a row in a tenants table, say) is the app's to update.
     Sends :class:`~pyramid_tenantmigrate.events.TenantDropped`.
     """
+    return _where_it_runs(_drop, migrator, name, connection, dbsession,
+                          transaction_manager, registry, request)
+
+
+def _where_it_runs(work, migrator, name, connection, dbsession,
+                   transaction_manager, registry, request):
+    """Run ``work`` on the session's connection, the given connection, or
+    in a transaction of its own; return the validated schema name."""
     schema = validate_schema_name(name, migrator.shared_schema)
     if dbsession is None and connection is None:
         with migrator.connect() as own_connection:
             with own_connection.begin():
-                _drop(migrator, schema, own_connection, registry, request,
-                      None)
+                work(migrator, schema, own_connection, registry, request,
+                     None)
         return schema
     if dbsession is not None:
         connection = dbsession.connection()
     _require_transaction(connection)
-    _drop(migrator, schema, connection, registry, request, dbsession)
+    work(migrator, schema, connection, registry, request, dbsession)
     if dbsession is not None:
+        # DDL alone does not mark a zope.sqlalchemy session changed: the
+        # transaction would be rolled back, not committed.
         _mark_changed(dbsession, transaction_manager)
     return schema
 
