@@ -289,6 +289,18 @@ HOSTILE = [
 ]
 
 
+def test_wrong_credentials_are_a_clear_failure(project, db):
+    project.write_standard_revisions()
+    url = sa.engine.make_url(project.database_url).set(
+        username="no_such_role")
+    project.write_ini(**{"sqlalchemy.url":
+                         url.render_as_string(hide_password=False)})
+    result = project.run("upgrade", check=1)
+    assert "cannot connect to the database" in result.stderr
+    assert "no_such_role" in result.stderr
+    assert version_of(db, "public") is None
+
+
 def hostile_source(connection):
     return ["tenant_ok", *HOSTILE]
 
@@ -301,7 +313,8 @@ def catalog_fingerprint(db):
             "('pg_catalog', 'information_schema', 'pg_toast')")).all())
 
 
-@pytest.mark.parametrize("entry", ["query", "callable", "command_line"])
+@pytest.mark.parametrize("entry", ["query", "callable", "command_line",
+                                   "create_tenant"])
 def test_hostile_names_through_every_entry_point(project, db, tmp_path,
                                                  entry):
     assert len(HOSTILE) >= 20
@@ -332,6 +345,11 @@ def test_hostile_names_through_every_entry_point(project, db, tmp_path,
         result = project.run("upgrade", "--json", check=1)
         statuses = {s["schema"]: s["status"] for s in
                     json.loads(result.stdout)["branches"][1]["schemas"]}
+    elif entry == "create_tenant":
+        for name in HOSTILE:
+            result = project.run("create-tenant", name, check=2)
+            assert "invalid tenant schema name" in result.stderr, name
+        statuses = None
     else:
         for name in HOSTILE:
             result = project.run("upgrade", "--tenant", name, check=2)
