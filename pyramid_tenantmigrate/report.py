@@ -74,10 +74,15 @@ class BranchReport:
     def failures(self):
         return [r for r in self.results if not r.ok]
 
-    def to_dict(self):
+    def counts(self):
+        """``{status: number of schemas}``."""
         counts = {}
         for result in self.results:
             counts[result.status] = counts.get(result.status, 0) + 1
+        return counts
+
+    def to_dict(self):
+        counts = self.counts()
         return {
             "branch": self.branch,
             "operation": self.operation,
@@ -192,7 +197,7 @@ def _render_branch(branch):
             return (f"shared ({result.schema}): {branch.operation} "
                     f"{_revs(result.from_heads)} -> {_revs(result.to_heads)}")
         return f"shared ({result.schema}): {result.status}"
-    counts = branch.to_dict()["counts"]
+    counts = branch.counts()
     total = len(branch.results)
     parts = [f"{counts[s]} {s}" for s in (
         DONE, RENDERED, UP_TO_DATE, FAILED, MISSING, REJECTED, NOT_RUN
