@@ -31,7 +31,7 @@ from .report import (
 )
 from .runlog import RunRecord, last_failed_tenants, recent_runs
 from .tenants import select_tenants
-from .versions import SchemaVersion, read_schema_versions
+from .versions import SchemaVersion
 
 TEMPLATE_DIRECTORY = os.path.join(os.path.dirname(__file__), "template")
 
@@ -254,8 +254,8 @@ def _run(migrator, operation, target, *, tenants, exclude_tenants, sql,
                         migrator, connection, tenants, exclude_tenants,
                         shard)
                     schemas, rejected = selection.schemas, selection.rejected
-                versions = read_schema_versions(
-                    connection, schemas, migrator.settings.version_table)
+                versions = migrator.read_versions(connection, schemas,
+                                                  workers=workers)
             if start is not None:
                 heads = (start,) if start != "base" else ()
                 versions = {s: SchemaVersion(s, v.exists, heads, bool(heads))
@@ -321,7 +321,6 @@ def current(migrator, tenants=(), exclude_tenants=(), skip_tenants=False):
     :class:`~pyramid_tenantmigrate.report.StatusReport`."""
     script = migrator.script
     status = StatusReport()
-    version_table = migrator.settings.version_table
     with migrator.connect() as connection:
         for branch in (SHARED,) if skip_tenants else (SHARED, TENANT):
             if branch == SHARED:
@@ -330,8 +329,7 @@ def current(migrator, tenants=(), exclude_tenants=(), skip_tenants=False):
                 selection = _tenant_selection(migrator, connection, tenants,
                                               exclude_tenants)
                 schemas, rejected = selection.schemas, selection.rejected
-            versions = read_schema_versions(connection, schemas,
-                                            version_table)
+            versions = migrator.read_versions(connection, schemas)
             status.branches.append(
                 _branch_status(script, branch, versions, schemas, rejected))
     return status

@@ -21,6 +21,7 @@ from .render import Renderer
 from .errors import ConfigurationError, DatabaseUnavailable
 from .settings import PREFIX, parse_settings
 from .tenants import discover_tenant_schemas
+from .versions import read_schema_versions
 
 MIGRATOR_KEY = "tenantmigrate.migrator"
 
@@ -136,6 +137,13 @@ class TenantMigrator:
                 f"cannot connect to the database: {message}; check "
                 f"sqlalchemy.url / {PREFIX}url and that the server is running"
             ) from None
+
+    def read_versions(self, connection, schemas, workers=None):
+        """Return ``{schema: SchemaVersion}`` for ``schemas``, read over up
+        to ``workers`` connections (default: the ``workers`` setting)."""
+        return read_schema_versions(
+            connection, schemas, self.settings.version_table,
+            connect=self.connect, workers=workers or self.settings.workers)
 
     def discover_tenants(self, connection):
         """Return the tenant schema names the configured source lists."""

@@ -307,7 +307,10 @@ class TenantMigrateCommand:
             shard=parse_shard(options.shard) if options.shard else None,
             retry_failed=options.retry_failed, **extra)
         progress.finish_line()
-        document = json.dumps(report.to_dict(), indent=2)
+        # Serialised only when asked for: at 10,000 tenants it costs more
+        # than reading their versions.
+        if options.report or options.json:
+            document = json.dumps(report.to_dict(), indent=2)
         if options.report:
             try:
                 with open(options.report, "w") as f:

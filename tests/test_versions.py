@@ -1,0 +1,96 @@
+"""Reading many schemas' versions at once (versions.py), on a real server."""
+from pyramid_tenantmigrate import versions
+from pyramid_tenantmigrate.names import quote_schema
+
+from .conftest import create_schemas
+
+
+def _version_table(engine, schema, table, *revisions):
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            f"CREATE TABLE {quote_schema(schema)}.{quote_schema(table)} "
+            "(version_num varchar(32) PRIMARY KEY)")
+        for revision in revisions:
+            connection.exec_driver_sql(
+                f"INSERT INTO {quote_schema(schema)}.{quote_schema(table)} "
+                "VALUES (%(rev)s)", {"rev": revision})
+
+
+def _setup(db, table="alembic_version"):
+    schemas = [f"t_{i:02d}" for i in range(9)]
+    create_schemas(db, *schemas, 'we"ird')
+    for i, schema in enumerate(schemas):
+        if i % 3 == 0:
+            _version_table(db, schema, table, "aaa")
+        elif i % 3 == 1:
+            _version_table(db, schema, table)  # at base
+        # i % 3 == 2: no version table
+    _version_table(db, 'we"ird', table, "bbb", "ccc")
+    return schemas + ['we"ird', "missing"]
+
+
+def _check(result, schemas):
+    assert set(result) == set(schemas)
+    for i, schema in enumerate(schemas[:9]):
+        version = result[schema]
+        assert version.exists
+        if i % 3 == 0:
+            assert (version.heads, version.has_version_table) == (
+                ("aaa",), True)
+        elif i % 3 == 1:
+            assert (version.heads, version.has_version_table) == ((), True)
+        else:
+            assert (version.heads, version.has_version_table) == ((), False)
+    assert result['we"ird'].heads == ("bbb", "ccc")
+    assert not result["missing"].exists
+    assert result["missing"].heads == ()
+
+
+def test_one_connection_small_batches(db):
+    schemas = _setup(db)
+    with db.connect() as connection:
+        result = versions.read_schema_versions(
+            connection, schemas, "alembic_version", batch_size=2)
+    _check(result, schemas)
+
+
+def test_batches_spread_over_several_connections(db):
+    schemas = _setup(db, table="my versions")
+    opened = []
+
+    def connect():
+        opened.append(1)
+        return db.connect()
+
+    with db.connect() as connection:
+        result = versions.read_schema_versions(
+            connection, schemas, "my versions", batch_size=2,
+            connect=connect, workers=3)
+    _check(result, schemas)
+    assert len(opened) == 3
+
+
+def test_a_version_table_dropped_after_the_catalog_check_reads_as_base(db):
+    schemas = _setup(db)
+    # The catalog said t_00 had a version table; it is gone when read.
+    with db.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE t_00.alembic_version")
+    with db.connect() as connection:
+        heads = versions._read_batch(
+            connection, ["t_00", "t_03", "t_04"], "alembic_version",
+            commit=True)
+    assert heads == {"t_03": ["aaa"], "t_04": []}
+
+
+def test_inside_the_callers_transaction(db):
+    _setup(db)
+    with db.connect() as connection:
+        with connection.begin():
+            connection.exec_driver_sql(
+                "UPDATE t_00.alembic_version SET version_num = 'zzz'")
+            result = versions.read_schema_versions(
+                connection, ["t_00", "t_01"], "alembic_version",
+                commit=False)
+            # Its own uncommitted change is what it reads.
+            assert result["t_00"].heads == ("zzz",)
+            assert connection.in_transaction()
