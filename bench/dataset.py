@@ -211,9 +211,9 @@ class Project:
             f.write(_revision_file(revision, down_revision, branch, upgrade,
                                    downgrade))
 
-    def migrator(self):
+    def migrator(self, **overrides):
         from pyramid_tenantmigrate.migrator import TenantMigrator
-        return TenantMigrator.from_settings(self.settings)
+        return TenantMigrator.from_settings(dict(self.settings, **overrides))
 
     @property
     def version_locations(self):

@@ -48,6 +48,7 @@ from .execute import migrate_in_transaction, search_path_sql
 from .names import MAX_IDENTIFIER_BYTES, quote_schema, schema_name_problem
 from .plan import SHARED, TENANT, branch_has_revisions
 from .runlog import TABLE as RUNS_TABLE
+from .spares import TABLE as SPARES_TABLE
 from .settings import PREFIX
 
 #: The scratch schema's name starts with this. The hyphen makes it a name
@@ -153,7 +154,8 @@ class BranchComparison:
                             else None)
         if type_ == "table":
             # This package's own tables are not the models' business.
-            return name not in (settings.version_table, RUNS_TABLE)
+            return name not in (settings.version_table, RUNS_TABLE,
+                                SPARES_TABLE)
         return True
 
     def include_object(self, obj, name, type_, reflected, compare_to):

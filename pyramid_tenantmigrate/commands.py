@@ -17,6 +17,7 @@ from alembic import command as alembic_command
 from sqlalchemy.exc import DBAPIError
 
 from . import autogenerate as autogen
+from . import spares
 from .errors import UsageError
 from .execute import execute_branch
 from .locking import RunLock, lock_is_held
@@ -213,6 +214,15 @@ def run(migrator, operation, target, *, tenants=(), exclude_tenants=(),
             raise
         record.finish(report)
         report.run_id = record.id
+        if (operation == UPGRADE and report.ok and not shard
+                and migrator.settings.spare_schemas > 0):
+            # The deploy is where the tenant head moves: spares made at
+            # the old head are replaced here, under the same lock.
+            try:
+                report.spares = fill_spares(migrator, locked=True)
+            except Exception as exc:  # the upgrade itself is done
+                report.spares = spares.SpareReport(
+                    error=" ".join(str(exc).split()))
         return report
 
 
@@ -299,6 +309,14 @@ def _tenant_destinations_for_shard(migrator, operation, destinations):
                 "the shared schema is behind its head: run 'tenant-migrate "
                 "<ini> upgrade shared' once, then the shards")
     return tenant_destinations
+
+
+def fill_spares(migrator, count=None, lock_wait=None, locked=False):
+    """Keep ``count`` spare tenant schemas (default: the
+    ``tenantmigrate.spare_schemas`` setting) ready at the tenant head; see
+    :func:`pyramid_tenantmigrate.spares.fill_spares`."""
+    return spares.fill_spares(migrator, count=count, lock_wait=lock_wait,
+                              locked=locked)
 
 
 def runs(migrator, limit=20):

@@ -19,6 +19,10 @@ _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
 
 _RESERVED_SCHEMAS = frozenset({"information_schema", "public"})
 
+#: Spare tenant schemas (see spares.py) are named with this prefix; no
+#: tenant may be.
+SPARE_PREFIX = "tenantmigrate_spare_"
+
 
 def schema_name_problem(name, shared_schema="public"):
     """Return why ``name`` cannot be a tenant schema, or ``None`` if it can."""
@@ -38,6 +42,9 @@ def schema_name_problem(name, shared_schema="public"):
         )
     if name.startswith("pg_"):
         return "names starting with 'pg_' are reserved for PostgreSQL"
+    if name.startswith(SPARE_PREFIX):
+        return (f"names starting with {SPARE_PREFIX!r} are reserved for "
+                "spare schemas")
     if name in _RESERVED_SCHEMAS or name == shared_schema:
         return "that schema is not a tenant schema"
     return None

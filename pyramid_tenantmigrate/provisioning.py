@@ -1,7 +1,8 @@
 """Creating and dropping tenant schemas, in the caller's transaction.
 
-:func:`create_tenant` creates a schema, brings it to the tenant head with
-the same revisions ``tenant-migrate upgrade`` runs, and sends
+:func:`create_tenant` creates a schema (or renames a spare one made ahead
+of time, see :mod:`.spares`), brings it to the tenant head with the same
+revisions ``tenant-migrate upgrade`` runs, and sends
 :class:`~pyramid_tenantmigrate.events.TenantCreated`. It runs on the
 connection it is given, inside the transaction already open there, and
 never commits: in a request with pyramid_tm and zope.sqlalchemy the tenant
@@ -22,6 +23,7 @@ from .events import TenantCreated, TenantDropped
 from .execute import migrate_in_transaction
 from .names import quote_schema, validate_schema_name
 from .sessions import tenant_execution_options
+from .spares import claim_spare
 
 #: Alembic's ``op`` and ``context`` are module globals: two migrations in
 #: two threads of one process (two sign-ups served by waitress threads)
@@ -133,7 +135,9 @@ def _create(migrator, schema, connection, registry, request, dbsession):
     if schema_exists(connection, schema):
         raise TenantExists(schema)
     try:
-        connection.exec_driver_sql(f"CREATE SCHEMA {quote_schema(schema)}")
+        if not claim_spare(migrator, connection, schema):
+            connection.exec_driver_sql(
+                f"CREATE SCHEMA {quote_schema(schema)}")
     except DBAPIError as exc:
         # Another transaction created it since the check above.
         if getattr(exc.orig, "pgcode", None) == _DUPLICATE_SCHEMA:

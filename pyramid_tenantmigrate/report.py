@@ -107,6 +107,9 @@ class RunReport:
     aborted: str = None
     config_uri: str = None
     run_id: int = None
+    #: A :class:`~pyramid_tenantmigrate.spares.SpareReport` when the run
+    #: topped up the spare schemas.
+    spares: object = None
 
     @property
     def ok(self):
@@ -131,6 +134,7 @@ class RunReport:
             "finished": self.finished.isoformat() if self.finished else None,
             "aborted": self.aborted,
             "branches": [b.to_dict() for b in self.branches],
+            "spares": self.spares.to_dict() if self.spares else None,
         }
 
     def _retry_hint(self, schemas):
@@ -178,6 +182,8 @@ class RunReport:
         lines = []
         for branch in self.branches:
             lines.append(_render_branch(branch))
+        if self.spares is not None:
+            lines.append(self.spares.render_text())
         if not self.ok:
             lines.append(self.failure_summary())
         return "\n".join(line for line in lines if line)

@@ -134,6 +134,9 @@ SETTINGS = (
     ("lock_timeout", _milliseconds, 3000),
     ("statement_timeout", _milliseconds, 0),
     ("lock_retries", _non_negative_int, 3),
+    # Tenant schemas kept ready at the tenant head, so that create_tenant
+    # renames one instead of replaying the history (see spares.py).
+    ("spare_schemas", _non_negative_int, 0),
     # What happens when the Pyramid app is created by a server (pserve,
     # gunicorn, waitress): off, check (refuse to start when behind), shared
     # (upgrade the shared branch), all (shared, then every tenant).
@@ -166,6 +169,7 @@ class MigrateSettings:
     lock_timeout: int = 3000
     statement_timeout: int = 0
     lock_retries: int = 3
+    spare_schemas: int = 0
     startup: str = "off"
     startup_lock_wait: float = 300.0
     raw: dict = field(default_factory=dict, repr=False, compare=False)

@@ -15,10 +15,11 @@ from .errors import ConfigurationError, UsageError
 from .names import schema_name_problem
 from .settings import PREFIX
 
-# Catalog sources never list PostgreSQL's own schemas.
+# Catalog sources never list PostgreSQL's own schemas, nor spares.
 _CATALOG_QUERY = """
 SELECT nspname FROM pg_catalog.pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
+  AND nspname NOT LIKE 'tenantmigrate\\_spare\\_%'
   AND nspname <> :shared_schema AND {condition}
 ORDER BY nspname
 """

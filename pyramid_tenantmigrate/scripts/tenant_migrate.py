@@ -161,6 +161,18 @@ class TenantMigrateCommand:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("args", nargs="*", metavar="var=value")
 
+        p = sub.add_parser(
+            "fill-spares", help="keep spare tenant schemas ready at the "
+            "tenant head (tenantmigrate.spare_schemas), so create-tenant "
+            "is a rename")
+        p.add_argument("--count", type=int, default=None, metavar="N",
+                       help="how many (default: the tenantmigrate."
+                            "spare_schemas setting; 0 drops them all)")
+        p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                       help="wait this long for another run's lock")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
         p = sub.add_parser("history", help="list revisions")
         p.add_argument("-r", "--rev-range", help="e.g. tenant@base:tenant@head")
         p.add_argument("-v", "--verbose", action="store_true")
@@ -360,6 +372,19 @@ class TenantMigrateCommand:
             self.out(json.dumps(status.to_dict(), indent=2))
         else:
             self.out(status.render_text(verbose=self.options.verbose))
+        return 0
+
+    def command_fill_spares(self, migrator, positionals):
+        self._one_positional(positionals, "argument", False)
+        count = self.options.count
+        if count is not None and count < 0:
+            raise UsageError("--count must be 0 or more")
+        report = commands.fill_spares(migrator, count=count,
+                                      lock_wait=self.options.wait)
+        if self.options.json:
+            self.out(json.dumps(report.to_dict(), indent=2))
+        else:
+            self.out(report.render_text())
         return 0
 
     def command_history(self, migrator, positionals):

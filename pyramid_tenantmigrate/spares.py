@@ -1,0 +1,190 @@
+"""Spare tenant schemas: tenants made ahead of time, so a sign-up is a rename.
+
+Provisioning replays the whole tenant history, which costs what the DDL
+costs (tens of milliseconds for a long history, see ``bench/``). With
+``tenantmigrate.spare_schemas = N``, ``tenant-migrate <ini> fill-spares``
+(and every ``upgrade`` that finishes without failures) keeps N schemas
+named ``tenantmigrate_spare_<hex>`` at the tenant head, each listed in the
+shared schema's ``tenantmigrate_spares`` table with the revisions it was
+made at.
+
+:func:`claim_spare` (called by ``create_tenant``) takes one made at the
+current tenant head with ``FOR UPDATE SKIP LOCKED`` (two sign-ups never get
+the same one, and neither waits for the other) and renames it
+(``ALTER SCHEMA ... RENAME TO``); ``create_tenant`` then runs the same
+migration it runs without spares, from the schema's own version table to
+the head, which normally has nothing to do. All of it happens in the
+caller's transaction: a sign-up that is rolled back puts the spare back.
+
+A rename keeps every object and every reference between objects (column
+defaults such as ``nextval('...'::regclass)``, foreign keys, views and
+triggers point at objects, not at names), so the tenant is what a full
+replay makes. What a rename cannot fix is SQL *text* naming the schema
+(a function body with the spare's name written out); tenant revisions are
+written without a schema, so they do not produce any.
+"""
+import uuid
+
+from sqlalchemy import text
+
+from .locking import RunLock
+from .names import SPARE_PREFIX, quote_schema
+
+TABLE = "tenantmigrate_spares"
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS {table} (
+    schema_name text PRIMARY KEY,
+    heads text[] NOT NULL,
+    created timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+def spares_table(shared_schema):
+    """The quoted, schema-qualified name of the spares table."""
+    return f"{quote_schema(shared_schema)}.{quote_schema(TABLE)}"
+
+
+def tenant_heads(migrator):
+    """The tenant branch's head revisions, as stored in version tables."""
+    return sorted(rev.revision for rev in
+                  migrator.script.revision_map.get_revisions("tenant@head"))
+
+
+def _table_exists(connection, migrator):
+    return connection.execute(
+        text("SELECT to_regclass(:name) IS NOT NULL"),
+        {"name": spares_table(migrator.shared_schema)}).scalar()
+
+
+def claim_spare(migrator, connection, schema):
+    """Rename a spare made at the tenant head to ``schema``, inside the
+    transaction open on ``connection``; return whether there was one."""
+    if migrator.settings.spare_schemas <= 0:
+        return False
+    if not _table_exists(connection, migrator):
+        return False
+    table = spares_table(migrator.shared_schema)
+    spare = connection.execute(text(
+        f"DELETE FROM {table} WHERE schema_name = ("
+        f"  SELECT schema_name FROM {table}"
+        "   WHERE heads = CAST(:heads AS text[])"
+        "     AND schema_name LIKE :prefix"
+        "   ORDER BY created, schema_name"
+        "   LIMIT 1 FOR UPDATE SKIP LOCKED"
+        ") RETURNING schema_name"), {
+            "heads": tenant_heads(migrator),
+            "prefix": SPARE_PREFIX.replace("_", "\\_") + "%",
+        }).scalar()
+    if spare is None:
+        return False
+    connection.exec_driver_sql(
+        f"ALTER SCHEMA {quote_schema(spare)} RENAME TO "
+        f"{quote_schema(schema)}")
+    return True
+
+
+class SpareReport:
+    """What :func:`fill_spares` did: ``created`` and ``dropped`` schema
+    names, and ``ready``, the number of spares at the head afterwards."""
+
+    def __init__(self, error=None):
+        self.created = []
+        self.dropped = []
+        self.ready = 0
+        self.error = error
+
+    def to_dict(self):
+        return {"created": self.created, "dropped": self.dropped,
+                "ready": self.ready, "error": self.error}
+
+    def render_text(self):
+        if self.error:
+            return (f"spares: not filled: {self.error}; run "
+                    "'tenant-migrate <ini> fill-spares'")
+        return (f"spares: {self.ready} ready at the tenant head "
+                f"({len(self.created)} created, {len(self.dropped)} "
+                "dropped)")
+
+
+def fill_spares(migrator, count=None, lock_wait=None, locked=False):
+    """Make the pool hold ``count`` spares (default: the ``spare_schemas``
+    setting) at the tenant head.
+
+    Spares made at another revision (the head has moved since), spares
+    beyond ``count``, and spare-named schemas the table does not list
+    (left by hand) are dropped; new ones are created one transaction
+    each. Takes the run lock (as ``upgrade`` does) unless ``locked`` says
+    the caller holds it. Returns a :class:`SpareReport`.
+    """
+    if count is None:
+        count = migrator.settings.spare_schemas
+    if locked:
+        return _fill(migrator, count)
+    if lock_wait is None:
+        lock_wait = migrator.settings.lock_wait
+    with RunLock(migrator, "fill-spares", wait=lock_wait):
+        return _fill(migrator, count)
+
+
+def _fill(migrator, count):
+    # Imported here: provisioning imports this module.
+    from .provisioning import ALEMBIC_LOCK
+    from .execute import migrate_in_transaction
+
+    report = SpareReport()
+    table = spares_table(migrator.shared_schema)
+    heads = tenant_heads(migrator)
+    with migrator.connect() as connection:
+        with connection.begin():
+            if not _table_exists(connection, migrator):
+                if count <= 0:
+                    return report
+                connection.exec_driver_sql(_DDL.format(table=table))
+        with connection.begin():
+            listed = connection.execute(text(
+                f"SELECT schema_name, heads FROM {table} "
+                "ORDER BY created, schema_name")).fetchall()
+            present = set(connection.execute(text(
+                "SELECT nspname FROM pg_catalog.pg_namespace "
+                "WHERE left(nspname, length(:prefix)) = :prefix"),
+                {"prefix": SPARE_PREFIX}).scalars())
+        keep = [name for name, spare_heads in listed
+                if sorted(spare_heads) == heads and name in present][:count]
+        for name in sorted(set(n for n, _ in listed) | present):
+            if name in keep:
+                continue
+            with connection.begin():
+                # A sign-up may be claiming it right now: skip it then.
+                claimed = connection.execute(text(
+                    f"SELECT 1 FROM {table} WHERE schema_name = :name "
+                    "FOR UPDATE SKIP LOCKED"), {"name": name}).first()
+                listed_now = connection.execute(text(
+                    f"SELECT 1 FROM {table} WHERE schema_name = :name"),
+                    {"name": name}).first()
+                if listed_now is not None and claimed is None:
+                    continue
+                connection.execute(text(
+                    f"DELETE FROM {table} WHERE schema_name = :name"),
+                    {"name": name})
+                connection.exec_driver_sql(
+                    f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
+            report.dropped.append(name)
+        ready = len(keep)
+        while ready < count:
+            name = SPARE_PREFIX + uuid.uuid4().hex[:16]
+            with connection.begin():
+                connection.exec_driver_sql(
+                    f"CREATE SCHEMA {quote_schema(name)}")
+                with ALEMBIC_LOCK:
+                    migrate_in_transaction(migrator, connection, name,
+                                           "tenant@head")
+                connection.execute(text(
+                    f"INSERT INTO {table} (schema_name, heads) "
+                    "VALUES (:name, CAST(:heads AS text[]))"),
+                    {"name": name, "heads": heads})
+            report.created.append(name)
+            ready += 1
+        report.ready = ready
+    return report
