@@ -350,6 +350,8 @@ def current(migrator, tenants=(), exclude_tenants=(), skip_tenants=False):
             versions = migrator.read_versions(connection, schemas)
             status.branches.append(
                 _branch_status(script, branch, versions, schemas, rejected))
+        if not skip_tenants:
+            status.spares = spares.count_spares(migrator, connection)
     return status
 
 

@@ -243,6 +243,8 @@ class StatusReport:
     """What ``current`` found: the shared schema, then the tenants."""
 
     branches: list = field(default_factory=list)
+    #: ``{"ready": n, "stale": m}`` spare schemas, when there are any.
+    spares: dict = None
 
     @property
     def behind(self):
@@ -253,7 +255,7 @@ class StatusReport:
 
     def to_dict(self):
         return {"branches": [b.to_dict() for b in self.branches],
-                "behind": len(self.behind)}
+                "behind": len(self.behind), "spares": self.spares}
 
     def render_text(self, verbose=False):
         lines = []
@@ -288,6 +290,12 @@ class StatusReport:
                                  f"({shown}{more})")
             for name, reason in branch.rejected.items():
                 lines.append(f"  rejected {name!r}: {reason}")
+        if self.spares is not None:
+            lines.append(f"spares: {self.spares['ready']} ready at the "
+                         "tenant head" + (
+                             f", {self.spares['stale']} made at another "
+                             "revision (fill-spares replaces them)"
+                             if self.spares["stale"] else ""))
         return "\n".join(lines)
 
 

@@ -85,6 +85,18 @@ def claim_spare(migrator, connection, schema):
     return True
 
 
+def count_spares(migrator, connection):
+    """``{"ready": spares at the tenant head, "stale": the others}``, or
+    None when spares were never made in this database."""
+    if not _table_exists(connection, migrator):
+        return None
+    ready, total = connection.execute(text(
+        "SELECT count(*) FILTER (WHERE heads = CAST(:heads AS text[])), "
+        f"count(*) FROM {spares_table(migrator.shared_schema)}"),
+        {"heads": tenant_heads(migrator)}).one()
+    return {"ready": ready, "stale": total - ready}
+
+
 class SpareReport:
     """What :func:`fill_spares` did: ``created`` and ``dropped`` schema
     names, and ``ready``, the number of spares at the head afterwards."""

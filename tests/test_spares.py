@@ -128,6 +128,8 @@ def test_upgrade_replaces_spares_made_at_an_old_head(project, db):
     project.write_revision("tenant", "t3", "t2", """
         op.add_column("notes", sa.Column("body", sa.Text))
         """, 'op.drop_column("notes", "body")')
+    assert ("spares: 0 ready at the tenant head, 2 made at another "
+            "revision") in project.run("current", check=0).stdout
     result = project.run("upgrade", check=0)
     assert "spares: 2 ready at the tenant head (2 created, 2 dropped)" in (
         result.stdout)
@@ -137,6 +139,8 @@ def test_upgrade_replaces_spares_made_at_an_old_head(project, db):
     assert set(spares_in_catalog(db)) == set(listed)
     for name in listed:
         assert catalog_snapshot(db, name)["versions"] == ["t3"]
+    current = json.loads(project.run("current", "--json", check=0).stdout)
+    assert current["spares"] == {"ready": 2, "stale": 0}
 
     # A spare-named schema the table does not list is dropped by the fill.
     create_schemas(db, "tenantmigrate_spare_left_by_hand")
