@@ -63,16 +63,29 @@ def claim_spare(migrator, connection, schema):
     transaction open on ``connection``; return whether there was one."""
     if migrator.settings.spare_schemas <= 0:
         return False
-    if not _table_exists(connection, migrator):
+    # Without the table, or without the rights to take a row from it (an
+    # app role other than the deploy's), provisioning replays as usual:
+    # an error here would abort the caller's transaction.
+    usable = connection.execute(text(
+        "SELECT to_regclass(:name) IS NOT NULL AND "
+        "pg_catalog.has_table_privilege(to_regclass(:name), "
+        "'SELECT, UPDATE, DELETE')"),
+        {"name": spares_table(migrator.shared_schema)}).scalar()
+    if not usable:
         return False
     table = spares_table(migrator.shared_schema)
+    # Only spares this role may rename (it owns them, or has its owner's
+    # privileges): the app may connect as another role than the deploy
+    # that made them, and a failed rename would abort the sign-up.
     spare = connection.execute(text(
         f"DELETE FROM {table} WHERE schema_name = ("
-        f"  SELECT schema_name FROM {table}"
-        "   WHERE heads = CAST(:heads AS text[])"
-        "     AND schema_name LIKE :prefix"
-        "   ORDER BY created, schema_name"
-        "   LIMIT 1 FOR UPDATE SKIP LOCKED"
+        f"  SELECT s.schema_name FROM {table} s"
+        "   JOIN pg_catalog.pg_namespace n ON n.nspname = s.schema_name"
+        "   WHERE s.heads = CAST(:heads AS text[])"
+        "     AND s.schema_name LIKE :prefix"
+        "     AND pg_catalog.pg_has_role(n.nspowner, 'USAGE')"
+        "   ORDER BY s.created, s.schema_name"
+        "   LIMIT 1 FOR UPDATE OF s SKIP LOCKED"
         ") RETURNING schema_name"), {
             "heads": tenant_heads(migrator),
             "prefix": SPARE_PREFIX.replace("_", "\\_") + "%",

@@ -1,5 +1,7 @@
 """Spare tenant schemas: made ahead, renamed by create_tenant (spares.py)."""
+import itertools
 import json
+import os
 
 import sqlalchemy as sa
 
@@ -8,6 +10,8 @@ from pyramid_tenantmigrate.spares import claim_spare
 
 from .conftest import catalog_snapshot, create_schemas, schema_exists
 from .test_replay import write_rich_history
+
+_roles = itertools.count()
 
 
 def spares_in_catalog(db):
@@ -157,3 +161,57 @@ def test_spare_names_are_reserved(project, db):
         result = project.run(*args, check=2)
         assert "reserved for spare schemas" in result.stderr
     assert not schema_exists(db, "tenantmigrate_spare_x")
+
+
+def test_an_app_role_claims_only_spares_it_may_rename(project, db):
+    setup_rich(project, db)
+    spares = spares_in_catalog(db)
+    role = f"tm_app_{os.getpid()}_{next(_roles)}"
+    database = db.url.database
+    with db.begin() as connection:
+        connection.exec_driver_sql(f'CREATE ROLE "{role}"')
+        connection.exec_driver_sql(
+            f'GRANT CREATE ON DATABASE "{database}" TO "{role}"')
+        connection.exec_driver_sql(
+            f'GRANT USAGE ON SCHEMA public TO "{role}"')
+        connection.exec_driver_sql(
+            f'GRANT REFERENCES ON public.accounts TO "{role}"')
+        owner = connection.exec_driver_sql(
+            "SELECT current_user").scalar()
+    migrator = project.migrator(**{"tenantmigrate.spare_schemas": "2"})
+
+    def create_as_role(name):
+        with migrator.connect() as connection:
+            with connection.begin():
+                connection.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
+                create_tenant(migrator, name, connection=connection)
+
+    try:
+        # No rights on the spares table: an ordinary replay.
+        create_as_role("tenant_one")
+        assert schema_oid(db, "tenant_one") not in spares.values()
+        with db.begin() as connection:
+            connection.exec_driver_sql(
+                "GRANT SELECT, UPDATE, DELETE ON public.tenantmigrate_spares"
+                f' TO "{role}"')
+        # Rights on the table, but the spares are not its to rename.
+        create_as_role("tenant_two")
+        assert schema_oid(db, "tenant_two") not in spares.values()
+        assert spares_in_catalog(db) == spares
+        # With the owner's privileges it claims one.
+        with db.begin() as connection:
+            connection.exec_driver_sql(f'GRANT "{owner}" TO "{role}"')
+        create_as_role("tenant_three")
+        assert schema_oid(db, "tenant_three") in spares.values()
+        assert len(spares_in_catalog(db)) == 1
+        expected = catalog_snapshot(db, "tenant_alembic")
+        for name in ("tenant_one", "tenant_two", "tenant_three"):
+            assert catalog_snapshot(db, name) == expected
+    finally:
+        migrator.close()
+        with db.begin() as connection:
+            for name in ("tenant_one", "tenant_two", "tenant_three"):
+                connection.exec_driver_sql(
+                    f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            connection.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            connection.exec_driver_sql(f'DROP ROLE "{role}"')
