@@ -66,14 +66,13 @@ def claim_spare(migrator, connection, schema):
     # Without the table, or without the rights to take a row from it (an
     # app role other than the deploy's), provisioning replays as usual:
     # an error here would abort the caller's transaction.
+    table = spares_table(migrator.shared_schema)
     usable = connection.execute(text(
         "SELECT to_regclass(:name) IS NOT NULL AND "
         "pg_catalog.has_table_privilege(to_regclass(:name), "
-        "'SELECT, UPDATE, DELETE')"),
-        {"name": spares_table(migrator.shared_schema)}).scalar()
+        "'SELECT, UPDATE, DELETE')"), {"name": table}).scalar()
     if not usable:
         return False
-    table = spares_table(migrator.shared_schema)
     # Only spares this role may rename (it owns them, or has its owner's
     # privileges): the app may connect as another role than the deploy
     # that made them, and a failed rename would abort the sign-up.
@@ -82,13 +81,13 @@ def claim_spare(migrator, connection, schema):
         f"  SELECT s.schema_name FROM {table} s"
         "   JOIN pg_catalog.pg_namespace n ON n.nspname = s.schema_name"
         "   WHERE s.heads = CAST(:heads AS text[])"
-        "     AND s.schema_name LIKE :prefix"
+        "     AND left(s.schema_name, length(:prefix)) = :prefix"
         "     AND pg_catalog.pg_has_role(n.nspowner, 'USAGE')"
         "   ORDER BY s.created, s.schema_name"
         "   LIMIT 1 FOR UPDATE OF s SKIP LOCKED"
         ") RETURNING schema_name"), {
             "heads": tenant_heads(migrator),
-            "prefix": SPARE_PREFIX.replace("_", "\\_") + "%",
+            "prefix": SPARE_PREFIX,
         }).scalar()
     if spare is None:
         return False
@@ -177,22 +176,19 @@ def _fill(migrator, count):
                 {"prefix": SPARE_PREFIX}).scalars())
         keep = [name for name, spare_heads in listed
                 if sorted(spare_heads) == heads and name in present][:count]
-        for name in sorted(set(n for n, _ in listed) | present):
+        listed_names = {name for name, _ in listed}
+        for name in sorted(listed_names | present):
             if name in keep:
                 continue
             with connection.begin():
-                # A sign-up may be claiming it right now: skip it then.
-                claimed = connection.execute(text(
-                    f"SELECT 1 FROM {table} WHERE schema_name = :name "
-                    "FOR UPDATE SKIP LOCKED"), {"name": name}).first()
-                listed_now = connection.execute(text(
-                    f"SELECT 1 FROM {table} WHERE schema_name = :name"),
-                    {"name": name}).first()
-                if listed_now is not None and claimed is None:
+                taken = connection.execute(text(
+                    f"DELETE FROM {table} WHERE schema_name = ("
+                    f"  SELECT schema_name FROM {table}"
+                    "   WHERE schema_name = :name FOR UPDATE SKIP LOCKED"
+                    ") RETURNING 1"), {"name": name}).first()
+                if name in listed_names and taken is None:
+                    # A sign-up is claiming it right now (or has).
                     continue
-                connection.execute(text(
-                    f"DELETE FROM {table} WHERE schema_name = :name"),
-                    {"name": name})
                 connection.exec_driver_sql(
                     f"DROP SCHEMA IF EXISTS {quote_schema(name)} CASCADE")
             report.dropped.append(name)

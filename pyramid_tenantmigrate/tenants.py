@@ -12,21 +12,25 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 
 from .errors import ConfigurationError, UsageError
-from .names import schema_name_problem
+from .names import SPARE_PREFIX, schema_name_problem
 from .settings import PREFIX
 
 # Catalog sources never list PostgreSQL's own schemas, nor spares.
 _CATALOG_QUERY = """
 SELECT nspname FROM pg_catalog.pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
-  AND nspname NOT LIKE 'tenantmigrate\\_spare\\_%'
+  AND left(nspname, length(:spare_prefix)) <> :spare_prefix
   AND nspname <> :shared_schema AND {condition}
 ORDER BY nspname
 """
 
 
-def _catalog_query(condition):
-    return text(_CATALOG_QUERY.format(condition=condition))
+def _catalog_names(connection, settings, condition, **params):
+    rows = connection.execute(
+        text(_CATALOG_QUERY.format(condition=condition)),
+        dict(params, shared_schema=settings.shared_schema,
+             spare_prefix=SPARE_PREFIX))
+    return [row[0] for row in rows]
 
 
 def discover_tenant_schemas(connection, settings):
@@ -47,19 +51,12 @@ def discover_tenant_schemas(connection, settings):
         rows = connection.execute(text(settings.tenant_schemas_query))
         names = [row[0] for row in rows]
     elif which == "tenant_schema_prefix":
-        rows = connection.execute(
-            _catalog_query("left(nspname, length(:prefix)) = :prefix"),
-            {"prefix": settings.tenant_schema_prefix,
-             "shared_schema": settings.shared_schema},
-        )
-        names = [row[0] for row in rows]
+        names = _catalog_names(
+            connection, settings, "left(nspname, length(:prefix)) = :prefix",
+            prefix=settings.tenant_schema_prefix)
     elif which == "tenant_schema_pattern":
-        rows = connection.execute(
-            _catalog_query("nspname ~ :pattern"),
-            {"pattern": settings.tenant_schema_pattern,
-             "shared_schema": settings.shared_schema},
-        )
-        names = [row[0] for row in rows]
+        names = _catalog_names(connection, settings, "nspname ~ :pattern",
+                               pattern=settings.tenant_schema_pattern)
     else:
         names = list(settings.tenant_source(connection))
     return list(dict.fromkeys(names))

@@ -84,7 +84,7 @@ def read_schema_versions(connection, schemas, version_table,
                for start in range(0, len(with_table), batch_size)]
     heads = {}
     if commit and connect is not None and workers > 1 and len(batches) > 1:
-        _read_in_parallel(connect, batches, version_table, commit,
+        _read_in_parallel(connect, batches, version_table,
                           min(workers, len(batches)), heads)
     else:
         for batch in batches:
@@ -144,8 +144,7 @@ def _read_batch(connection, batch, version_table, commit):
         return heads
 
 
-def _read_in_parallel(connect, batches, version_table, commit, workers,
-                      heads):
+def _read_in_parallel(connect, batches, version_table, workers, heads):
     """Read ``batches`` over ``workers`` connections, each taking the next
     batch when it is done with one (no static split: no stragglers)."""
     pending = list(reversed(batches))
@@ -161,7 +160,7 @@ def _read_in_parallel(connect, batches, version_table, commit, workers,
                             return
                         batch = pending.pop()
                     found = _read_batch(connection, batch, version_table,
-                                        commit)
+                                        commit=True)
                     with guard:
                         heads.update(found)
         except BaseException as exc:  # handed to the caller below

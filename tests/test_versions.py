@@ -71,7 +71,7 @@ def test_batches_spread_over_several_connections(db):
 
 
 def test_a_version_table_dropped_after_the_catalog_check_reads_as_base(db):
-    schemas = _setup(db)
+    _setup(db)
     # The catalog said t_00 had a version table; it is gone when read.
     with db.begin() as connection:
         connection.exec_driver_sql("DROP TABLE t_00.alembic_version")
@@ -94,3 +94,4 @@ def test_inside_the_callers_transaction(db):
             # Its own uncommitted change is what it reads.
             assert result["t_00"].heads == ("zzz",)
             assert connection.in_transaction()
+
