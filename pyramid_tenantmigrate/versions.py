@@ -125,6 +125,9 @@ def _read_batch(connection, batch, version_table, commit):
     version table is there when read."""
     for attempt in range(_RETRIES + 1):
         heads = {schema: [] for schema in batch}
+        if not batch:
+            # Every table of the batch vanished: nothing left to read.
+            return heads
         try:
             rows = connection.exec_driver_sql(
                 _union_sql(batch, version_table)).fetchall()

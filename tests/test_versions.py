@@ -95,3 +95,13 @@ def test_inside_the_callers_transaction(db):
             assert result["t_00"].heads == ("zzz",)
             assert connection.in_transaction()
 
+
+def test_a_batch_whose_tables_all_vanished_reads_nothing(db):
+    _setup(db)
+    with db.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE t_00.alembic_version")
+        connection.exec_driver_sql("DROP TABLE t_03.alembic_version")
+    with db.connect() as connection:
+        heads = versions._read_batch(connection, ["t_00", "t_03"],
+                                     "alembic_version", commit=True)
+    assert heads == {}
