@@ -28,6 +28,8 @@ demo_extras = embedded_extras + [
 ]
 
 testing_extras = demo_extras + [
+    # psycopg 3: an app engine on SQLAlchemy 2.1's default driver.
+    "psycopg[binary] >= 3.1",
     "pytest >= 7",
     "WebTest",
 ]

@@ -458,8 +458,11 @@ def migrate_in_transaction(migrator, connection, schema, destination,
         raise RuntimeError("migrate_in_transaction needs a connection in a "
                            "transaction (call connection.begin() first)")
     branch = destination.partition("@")[0]
+    # The replay sends one string through psycopg2; a caller's session on
+    # another driver (the app's own engine) goes through Alembic instead.
     if (fn is None and branch == "tenant" and migrator.settings.replay
             and operation in ("upgrade", "downgrade")
+            and connection.dialect.driver == "psycopg2"
             and _replay_in_transaction(migrator, connection, schema,
                                        operation, destination)):
         return

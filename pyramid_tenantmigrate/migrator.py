@@ -13,7 +13,8 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from pyramid.decorator import reify
 from sqlalchemy import create_engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from .embedded import resolve_url
 from .plan import StepPlanner
@@ -24,6 +25,38 @@ from .tenants import discover_tenant_schemas
 from .versions import read_schema_versions
 
 MIGRATOR_KEY = "tenantmigrate.migrator"
+
+#: The driver the tool runs on: tenant migrations are sent as one string
+#: per tenant through psycopg2's simple-query protocol (see replay.py).
+DRIVER = "psycopg2"
+
+
+def engine_url(url):
+    """Return ``url`` (a settings string) as the URL the migrator's engine
+    connects to: the embedded server started if named, and the psycopg2
+    driver made explicit, because SQLAlchemy 2.1 reads a bare
+    ``postgresql://`` as psycopg 3, which is not a dependency of ours."""
+    try:
+        parsed = make_url(resolve_url(url))
+    except ArgumentError:
+        raise ConfigurationError(
+            f"database URL {url!r} (from {PREFIX}url or sqlalchemy.url) is "
+            "not a URL: expected postgresql://user:password@host/dbname"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    shown = parsed.render_as_string(hide_password=True)
+    if backend not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            f"database URL {shown} (from {PREFIX}url or sqlalchemy.url) is "
+            f"not PostgreSQL: tenant schemas need a PostgreSQL server"
+        )
+    if driver not in ("", DRIVER):
+        raise ConfigurationError(
+            f"database URL {shown} (from {PREFIX}url or sqlalchemy.url) asks "
+            f"for the {driver} driver; tenant-migrate runs on {DRIVER}: "
+            f"write postgresql:// or postgresql+{DRIVER}://"
+        )
+    return parsed.set(drivername=f"postgresql+{DRIVER}")
 
 
 class TenantMigrator:
@@ -58,13 +91,13 @@ class TenantMigrator:
 
     @reify
     def engine(self):
-        url = resolve_url(self.settings.url)
+        url = engine_url(self.settings.url)
         try:
             return create_engine(url)
         except Exception as exc:
             raise ConfigurationError(
-                f"database URL {self.settings.url!r} (from {PREFIX}url or "
-                f"sqlalchemy.url) is not usable: {exc}"
+                f"database URL {url.render_as_string(hide_password=True)} "
+                f"(from {PREFIX}url or sqlalchemy.url) is not usable: {exc}"
             ) from None
 
     @reify

@@ -152,3 +152,41 @@ def test_config_vars_fill_the_ini(project, db):
     tenants = [s["schema"] for s in
                json.loads(result.stdout)["branches"][1]["schemas"]]
     assert tenants == ["acme_a"]
+
+
+def test_a_url_without_a_driver_runs_on_psycopg2(project, db):
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not
+    # installed with us; the tool makes psycopg2 explicit.
+    bare = project.database_url.replace("postgresql+psycopg2://",
+                                        "postgresql://", 1)
+    project.write_standard_revisions()
+    create_schemas(db, "tenant_a")
+    project.write_ini(**{"sqlalchemy.url": bare})
+    project.run("upgrade", check=0)
+    assert version_of(db, "public") == ["s1"]
+    assert version_of(db, "tenant_a") == ["t2"]
+    assert project.migrator(**{"sqlalchemy.url": bare}).engine.url.drivername \
+        == "postgresql+psycopg2"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("postgresql+asyncpg://app:s3cret@db/app",
+     "asks for the asyncpg driver; tenant-migrate runs on psycopg2"),
+    ("sqlite:///app.sqlite", "is not PostgreSQL"),
+    ("not a url", "is not a URL"),
+])
+def test_an_unusable_url_exits_2_without_showing_the_password(
+        project, db, url, message):
+    project.write_ini(**{"sqlalchemy.url": url})
+    result = project.run("current", check=2)
+    assert message in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_heroku_style_urls_name_postgresql_on_psycopg2():
+    from pyramid_tenantmigrate.migrator import engine_url
+    url = engine_url("postgres://app:pw@db.example:5433/app")
+    assert url.drivername == "postgresql+psycopg2"
+    assert (url.host, url.port, url.database, url.password) == (
+        "db.example", 5433, "app", "pw")

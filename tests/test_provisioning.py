@@ -169,3 +169,31 @@ def test_console_misconfigured_app_exits_2(project, db):
     assert "tenantmigrate.tenant_schema_prefix" in result.stderr
     assert "Traceback" not in result.stderr
     assert not schema_exists(db, "tenant_x")
+
+
+def test_in_an_app_session_on_another_driver(migrator, db, database_url):
+    # An app's own engine may use psycopg 3 (SQLAlchemy 2.1's default for
+    # postgresql://); provisioning joins its transaction all the same.
+    pytest.importorskip("psycopg")
+    engine = sa.create_engine(database_url.replace(
+        "postgresql+psycopg2://", "postgresql+psycopg://", 1))
+    manager = transaction.TransactionManager(explicit=True)
+    dbsession = sessionmaker(bind=engine)()
+    zope.sqlalchemy.register(dbsession, transaction_manager=manager)
+    try:
+        with manager:
+            create_tenant(migrator, "tenant_v3", dbsession=dbsession,
+                          transaction_manager=manager)
+        assert version_of(db, "tenant_v3") == ["t2"]
+        assert tables_of(db, "tenant_v3") == ["alembic_version", "notes"]
+        with pytest.raises(sa.exc.IntegrityError):
+            with manager:
+                create_tenant(migrator, "tenant_v3b", dbsession=dbsession,
+                              transaction_manager=manager)
+                dbsession.execute(sa.text(
+                    "INSERT INTO public.accounts (email) "
+                    "VALUES ('a'), ('a')"))
+        assert not schema_exists(db, "tenant_v3b")
+    finally:
+        dbsession.close()
+        engine.dispose()
