@@ -85,6 +85,9 @@ def test_a_version_table_dropped_after_the_catalog_check_reads_as_base(db):
 def test_inside_the_callers_transaction(db):
     _setup(db)
     with db.connect() as connection:
+        default = connection.exec_driver_sql(
+            "SHOW effective_io_concurrency").scalar()
+        connection.rollback()
         with connection.begin():
             connection.exec_driver_sql(
                 "UPDATE t_00.alembic_version SET version_num = 'zzz'")
@@ -94,6 +97,22 @@ def test_inside_the_callers_transaction(db):
             # Its own uncommitted change is what it reads.
             assert result["t_00"].heads == ("zzz",)
             assert connection.in_transaction()
+            # Nothing the reader set is left in the caller's transaction.
+            assert connection.exec_driver_sql(
+                "SHOW effective_io_concurrency").scalar() == default
+
+
+def test_no_read_ahead_setting_outlives_a_batch(db):
+    _setup(db)
+    with db.connect() as connection:
+        default = connection.exec_driver_sql(
+            "SHOW effective_io_concurrency").scalar()
+        connection.rollback()
+        heads = versions._read_batch(connection, ["t_00", "t_03"],
+                                     "alembic_version", commit=True)
+        assert heads == {"t_00": ["aaa"], "t_03": ["aaa"]}
+        assert connection.exec_driver_sql(
+            "SHOW effective_io_concurrency").scalar() == default
 
 
 def test_a_batch_whose_tables_all_vanished_reads_nothing(db):
