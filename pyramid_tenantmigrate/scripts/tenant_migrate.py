@@ -11,8 +11,8 @@ import json
 import sys
 import textwrap
 
-from pyramid.paster import bootstrap, get_appsettings, setup_logging
-from pyramid.scripts.common import parse_vars
+from pyramid.paster import bootstrap
+from pyramid.scripts.common import get_config_loader, parse_vars
 
 from .. import autogenerate, commands
 from ..errors import TenantMigrateError, UsageError
@@ -88,10 +88,11 @@ class TenantMigrateCommand:
         application section of the ini file (tenantmigrate.*).
     """)
 
-    get_appsettings = staticmethod(get_appsettings)
+    # One loader for logging and settings, as pshell does: finding it scans
+    # every installed distribution's entry points.
+    get_config_loader = staticmethod(get_config_loader)
     #: Commands that list tenants, and so need the tenant source.
     tenant_commands = frozenset({"upgrade", "downgrade", "stamp", "current"})
-    setup_logging = staticmethod(setup_logging)
     stdout = sys.stdout
     stderr = sys.stderr
 
@@ -210,8 +211,9 @@ class TenantMigrateCommand:
 
     def _load(self, config_uri, config_vars):
         try:
-            self.setup_logging(config_uri, global_conf=config_vars)
-            settings = self.get_appsettings(config_uri, options=config_vars)
+            loader = self.get_config_loader(config_uri)
+            loader.setup_logging(config_vars)
+            settings = loader.get_wsgi_app_settings(defaults=config_vars)
         except (OSError, LookupError, ValueError) as exc:
             raise UsageError(f"cannot read {config_uri}: {exc}") from None
         self.migrator = TenantMigrator.from_settings(settings)
