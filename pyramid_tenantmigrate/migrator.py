@@ -39,9 +39,10 @@ def engine_url(url):
     try:
         parsed = make_url(resolve_url(url))
     except ArgumentError:
+        # Not echoed: what failed to parse may still hold a password.
         raise ConfigurationError(
-            f"database URL {url!r} (from {PREFIX}url or sqlalchemy.url) is "
-            "not a URL: expected postgresql://user:password@host/dbname"
+            f"the database URL ({PREFIX}url or sqlalchemy.url) is not a URL: "
+            "expected postgresql://user:password@host/dbname"
         ) from None
     backend, _, driver = parsed.drivername.partition("+")
     shown = parsed.render_as_string(hide_password=True)

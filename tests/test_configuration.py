@@ -173,7 +173,7 @@ def test_a_url_without_a_driver_runs_on_psycopg2(project, db):
     ("postgresql+asyncpg://app:s3cret@db/app",
      "asks for the asyncpg driver; tenant-migrate runs on psycopg2"),
     ("sqlite:///app.sqlite", "is not PostgreSQL"),
-    ("not a url", "is not a URL"),
+    ("postgresql//app:s3cret@db/app", "is not a URL"),
 ])
 def test_an_unusable_url_exits_2_without_showing_the_password(
         project, db, url, message):
