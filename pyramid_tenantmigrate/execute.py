@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .errors import ConfigurationError, DatabaseUnavailable
 from .names import quote_schema
-from .render import Renderer, version_table_ddl
+from .render import version_table_ddl
 from .replay import (
     LOCK_NOT_AVAILABLE, ReplayPool, ReplayScript, last_step,
 )
@@ -362,7 +362,7 @@ def _replay_in_transaction(migrator, connection, schema, operation,
                            destination):
     """The fast path of :func:`migrate_in_transaction` (provisioning): the
     whole history rendered once per process, run in one round trip."""
-    from .plan import StepPlanner, heads_after
+    from .plan import heads_after
     from .versions import read_schema_versions
 
     version = read_schema_versions(

@@ -1,7 +1,6 @@
 """Operating in production: run records, retries, selection, sharding,
 and faults (kill -9, a server restart, concurrent runs, hostile names)."""
 import json
-import os
 import signal
 import time
 

@@ -1,6 +1,5 @@
 """The replay path: revisions rendered once, replayed per tenant."""
 import json
-import threading
 
 import sqlalchemy as sa
 
