@@ -32,7 +32,7 @@ from .errors import ConfigurationError, DatabaseUnavailable
 from .names import quote_schema
 from .render import version_table_ddl
 from .replay import (
-    LOCK_NOT_AVAILABLE, ReplayPool, ReplayScript, last_step,
+    DRIVER, LOCK_NOT_AVAILABLE, ReplayPool, ReplayScript, last_step,
 )
 from .report import (
     DONE, FAILED, MISSING, NOT_RUN, RENDERED, UP_TO_DATE,
@@ -462,7 +462,7 @@ def migrate_in_transaction(migrator, connection, schema, destination,
     # another driver (the app's own engine) goes through Alembic instead.
     if (fn is None and branch == "tenant" and migrator.settings.replay
             and operation in ("upgrade", "downgrade")
-            and connection.dialect.driver == "psycopg2"
+            and connection.dialect.driver == DRIVER
             and _replay_in_transaction(migrator, connection, schema,
                                        operation, destination)):
         return

@@ -14,50 +14,26 @@ from alembic.script import ScriptDirectory
 from pyramid.decorator import reify
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 
 from .embedded import resolve_url
 from .plan import StepPlanner
 from .render import Renderer
 from .errors import ConfigurationError, DatabaseUnavailable
-from .settings import PREFIX, parse_settings
+from .replay import DRIVER
+from .settings import PREFIX, parse_settings, shown_url
 from .tenants import discover_tenant_schemas
 from .versions import read_schema_versions
 
 MIGRATOR_KEY = "tenantmigrate.migrator"
 
-#: The driver the tool runs on: tenant migrations are sent as one string
-#: per tenant through psycopg2's simple-query protocol (see replay.py).
-DRIVER = "psycopg2"
-
-
 def engine_url(url):
-    """Return ``url`` (a settings string) as the URL the migrator's engine
+    """Return ``url`` (a settings string, checked by
+    :func:`.settings.parse_settings`) as the URL the migrator's engine
     connects to: the embedded server started if named, and the psycopg2
     driver made explicit, because SQLAlchemy 2.1 reads a bare
     ``postgresql://`` as psycopg 3, which is not a dependency of ours."""
-    try:
-        parsed = make_url(resolve_url(url))
-    except ArgumentError:
-        # Not echoed: what failed to parse may still hold a password.
-        raise ConfigurationError(
-            f"the database URL ({PREFIX}url or sqlalchemy.url) is not a URL: "
-            "expected postgresql://user:password@host/dbname"
-        ) from None
-    backend, _, driver = parsed.drivername.partition("+")
-    shown = parsed.render_as_string(hide_password=True)
-    if backend not in ("postgresql", "postgres"):
-        raise ConfigurationError(
-            f"database URL {shown} (from {PREFIX}url or sqlalchemy.url) is "
-            f"not PostgreSQL: tenant schemas need a PostgreSQL server"
-        )
-    if driver not in ("", DRIVER):
-        raise ConfigurationError(
-            f"database URL {shown} (from {PREFIX}url or sqlalchemy.url) asks "
-            f"for the {driver} driver; tenant-migrate runs on {DRIVER}: "
-            f"write postgresql:// or postgresql+{DRIVER}://"
-        )
-    return parsed.set(drivername=f"postgresql+{DRIVER}")
+    return make_url(resolve_url(url)).set(drivername=f"postgresql+{DRIVER}")
 
 
 class TenantMigrator:
@@ -71,6 +47,12 @@ class TenantMigrator:
     def __init__(self, settings, engine=None):
         self.settings = settings
         if engine is not None:
+            if engine.dialect.driver != DRIVER:
+                raise ConfigurationError(
+                    f"the engine given to the migrator uses the "
+                    f"{engine.dialect.driver} driver; the migrator runs on "
+                    f"{DRIVER}: let it create its own engine from "
+                    f"{PREFIX}url")
             self.engine = engine
 
     @classmethod
@@ -97,8 +79,8 @@ class TenantMigrator:
             return create_engine(url)
         except Exception as exc:
             raise ConfigurationError(
-                f"database URL {url.render_as_string(hide_password=True)} "
-                f"(from {PREFIX}url or sqlalchemy.url) is not usable: {exc}"
+                f"database URL {shown_url(url)} (from {PREFIX}url or "
+                f"sqlalchemy.url) is not usable: {exc}"
             ) from None
 
     @reify

@@ -30,6 +30,10 @@ import time
 from .names import quote_schema
 from .report import DONE, FAILED, NOT_RUN, SchemaResult
 
+#: The driver replay needs: each tenant's string goes through psycopg2's
+#: simple-query protocol, and its notices name the step that failed.
+DRIVER = "psycopg2"
+
 #: SQLSTATE raised by the guard when a tenant's version moved.
 VERSION_MOVED = "TMV01"
 #: SQLSTATEs after which the Alembic path should take the tenant over.

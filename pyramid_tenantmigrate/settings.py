@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from pyramid.path import AssetResolver, DottedNameResolver
 from pyramid.settings import asbool, aslist
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .embedded import is_embedded_url
 from .errors import ConfigurationError
 from .names import schema_name_problem
+from .replay import DRIVER
 
 PREFIX = "tenantmigrate."
 
@@ -225,6 +230,46 @@ def _resolve_dotted(name, value):
         ) from None
 
 
+def shown_url(url):
+    """``url`` (a SQLAlchemy URL) as an error message may show it: no
+    password, neither in the authority nor in the query string."""
+    return url.difference_update_query(["password"]).render_as_string(
+        hide_password=True)
+
+
+def _check_url(url, setting):
+    """Refuse a database URL the tool cannot run on, naming ``setting``.
+
+    ``postgresql://`` is fine: the migrator's engine makes psycopg2
+    explicit (:func:`.migrator.engine_url`).
+    """
+    if is_embedded_url(url):
+        return
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        # Not echoed: what failed to parse may still hold a password.
+        raise ConfigurationError(
+            f"setting {setting} is not a database URL: expected "
+            "postgresql://user:password@host/dbname"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        raise ConfigurationError(
+            f"setting {setting} = {shown_url(parsed)} is not PostgreSQL: "
+            "tenant schemas need a PostgreSQL server"
+        )
+    if driver not in ("", DRIVER):
+        advice = (
+            f"set {PREFIX}url = postgresql+{DRIVER}://... for the tool and "
+            "keep your app's driver" if setting == "sqlalchemy.url" else
+            f"write postgresql:// or postgresql+{DRIVER}://")
+        raise ConfigurationError(
+            f"setting {setting} = {shown_url(parsed)} asks for the {driver} "
+            f"driver; tenant-migrate runs on {DRIVER}: {advice}"
+        )
+
+
 def parse_settings(settings, require_script_location=True):
     """Build :class:`MigrateSettings` from an app's settings dict.
 
@@ -249,12 +294,15 @@ def parse_settings(settings, require_script_location=True):
             values["script_location"], here
         )
 
+    url_setting = PREFIX + "url"
     if values["url"] is None:
+        url_setting = "sqlalchemy.url"
         values["url"] = _text(settings.get("sqlalchemy.url") or "")
     if values["url"] is None:
         raise ConfigurationError(
             f"no database URL: set {PREFIX}url or sqlalchemy.url"
         )
+    _check_url(values["url"], url_setting)
 
     shared = values["shared_schema"]
     problem = schema_name_problem(shared, shared_schema=None)

@@ -26,7 +26,8 @@ Why it is shaped like this (measured at 10,000 tenants, see ``bench/``):
   plus their indexes' pages do not fit the default 128 MB. With
   ``effective_io_concurrency = 0`` for the batch's transaction the backend
   reads the page itself (5-15 us). Elsewhere the setting only turns off
-  prefetch advice, which a one-page scan has no use for.
+  prefetch advice, which a one-page scan has no use for. (A tablespace's
+  own ``effective_io_concurrency`` option takes precedence over it.)
 """
 import threading
 from dataclasses import dataclass

@@ -155,8 +155,8 @@ def test_config_vars_fill_the_ini(project, db):
 
 
 def test_a_url_without_a_driver_runs_on_psycopg2(project, db):
-    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which is not
-    # installed with us; the tool makes psycopg2 explicit.
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3 (a test
+    # dependency, not one of ours); the tool makes psycopg2 explicit.
     bare = project.database_url.replace("postgresql+psycopg2://",
                                         "postgresql://", 1)
     project.write_standard_revisions()
@@ -169,18 +169,52 @@ def test_a_url_without_a_driver_runs_on_psycopg2(project, db):
         == "postgresql+psycopg2"
 
 
-@pytest.mark.parametrize("url, message", [
-    ("postgresql+asyncpg://app:s3cret@db/app",
-     "asks for the asyncpg driver; tenant-migrate runs on psycopg2"),
-    ("sqlite:///app.sqlite", "is not PostgreSQL"),
-    ("postgresql//app:s3cret@db/app", "is not a URL"),
+@pytest.mark.parametrize("setting, url, message", [
+    ("sqlalchemy.url", "postgresql+asyncpg://app:s3cret@db/app",
+     "sqlalchemy.url = postgresql+asyncpg://app:***@db/app asks for the "
+     "asyncpg driver; tenant-migrate runs on psycopg2: set tenantmigrate.url"
+     " = postgresql+psycopg2://... for the tool and keep your app's driver"),
+    ("tenantmigrate.url", "postgresql+psycopg://app@db/app?password=s3cret",
+     "asks for the psycopg driver; tenant-migrate runs on psycopg2: write "
+     "postgresql:// or postgresql+psycopg2://"),
+    ("sqlalchemy.url", "mysql://app:s3cret@db/app",
+     "sqlalchemy.url = mysql://app:***@db/app is not PostgreSQL"),
+    ("sqlalchemy.url", "postgresql//app:s3cret@db/app",
+     "setting sqlalchemy.url is not a database URL"),
+    ("tenantmigrate.url", "postgresql://app:s3cret@db:notaport/app",
+     "setting tenantmigrate.url is not a database URL"),
 ])
 def test_an_unusable_url_exits_2_without_showing_the_password(
-        project, db, url, message):
-    project.write_ini(**{"sqlalchemy.url": url})
+        project, db, setting, url, message):
+    project.write_ini(**{setting: url})
     result = project.run("current", check=2)
     assert message in result.stderr
     assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_engine_on_another_driver_is_refused(database_url):
+    import sqlalchemy as sa
+
+    from pyramid_tenantmigrate.migrator import TenantMigrator
+    engine = sa.create_engine(database_url.replace(
+        "postgresql+psycopg2://", "postgresql+psycopg://", 1))
+    try:
+        with pytest.raises(ConfigurationError,
+                           match="uses the psycopg driver"):
+            TenantMigrator.from_settings(
+                {"sqlalchemy.url": database_url,
+                 "tenantmigrate.script_location": "/nowhere"},
+                engine=engine)
+    finally:
+        engine.dispose()
+
+
+def test_a_missing_ini_variable_exits_2(project):
+    with open(project.ini, "a") as f:
+        f.write("myapp.greeting = %(nowhere)s\n")
+    result = project.run("current", check=2)
+    assert "cannot read" in result.stderr and "nowhere" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -174,7 +174,6 @@ def test_console_misconfigured_app_exits_2(project, db):
 def test_in_an_app_session_on_another_driver(migrator, db, database_url):
     # An app's own engine may use psycopg 3 (SQLAlchemy 2.1's default for
     # postgresql://); provisioning joins its transaction all the same.
-    pytest.importorskip("psycopg")
     engine = sa.create_engine(database_url.replace(
         "postgresql+psycopg2://", "postgresql+psycopg://", 1))
     manager = transaction.TransactionManager(explicit=True)

@@ -1,4 +1,6 @@
 """Reading many schemas' versions at once (versions.py), on a real server."""
+import sqlalchemy as sa
+
 from pyramid_tenantmigrate import versions
 from pyramid_tenantmigrate.names import quote_schema
 
@@ -102,8 +104,17 @@ def test_inside_the_callers_transaction(db):
                 "SHOW effective_io_concurrency").scalar() == default
 
 
-def test_no_read_ahead_setting_outlives_a_batch(db):
+def _statements_sent(engine):
+    sent = []
+    sa.event.listen(engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *args: sent.append(
+                        statement))
+    return sent
+
+
+def test_batches_read_without_read_ahead_and_nothing_outlives_them(db):
     _setup(db)
+    sent = _statements_sent(db)
     with db.connect() as connection:
         default = connection.exec_driver_sql(
             "SHOW effective_io_concurrency").scalar()
@@ -113,6 +124,21 @@ def test_no_read_ahead_setting_outlives_a_batch(db):
         assert heads == {"t_00": ["aaa"], "t_03": ["aaa"]}
         assert connection.exec_driver_sql(
             "SHOW effective_io_concurrency").scalar() == default
+    reads = [s for s in sent if "UNION ALL" in s]
+    assert reads and all(s.startswith(
+        "SET LOCAL effective_io_concurrency = 0; SELECT") for s in reads)
+
+
+def test_no_setting_in_the_callers_transaction(db):
+    _setup(db)
+    sent = _statements_sent(db)
+    with db.connect() as connection:
+        with connection.begin():
+            versions.read_schema_versions(
+                connection, ["t_00", "t_03"], "alembic_version",
+                commit=False)
+    reads = [s for s in sent if "UNION ALL" in s]
+    assert reads and not any("effective_io_concurrency" in s for s in sent)
 
 
 def test_a_batch_whose_tables_all_vanished_reads_nothing(db):

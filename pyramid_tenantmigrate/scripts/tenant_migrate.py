@@ -7,6 +7,7 @@ The app's settings are read from the ini file (``tenantmigrate.*`` and
 configuration.
 """
 import argparse
+import configparser
 import json
 import sys
 import textwrap
@@ -214,7 +215,8 @@ class TenantMigrateCommand:
             loader = self.get_config_loader(config_uri)
             loader.setup_logging(config_vars)
             settings = loader.get_wsgi_app_settings(defaults=config_vars)
-        except (OSError, LookupError, ValueError) as exc:
+        except (OSError, LookupError, ValueError,
+                configparser.Error) as exc:
             raise UsageError(f"cannot read {config_uri}: {exc}") from None
         self.migrator = TenantMigrator.from_settings(settings)
         return self.migrator
@@ -434,7 +436,8 @@ class TenantMigrateCommand:
             with suppressed():
                 env = self.bootstrap(self.options.config_uri,
                                      options=config_vars)
-        except (OSError, LookupError, ValueError) as exc:
+        except (OSError, LookupError, ValueError,
+                configparser.Error) as exc:
             raise UsageError(
                 f"cannot load the app from {self.options.config_uri}: "
                 f"{exc}") from None
