@@ -21,6 +21,10 @@ from ..migrator import TenantMigrator
 from ..tenants import parse_shard
 from .progress import Progress
 
+#: What reading or loading an ini file raises when the file is at fault
+#: (missing, malformed, a missing %(var)s): exit 2, not a traceback.
+_UNREADABLE_CONFIG = (OSError, LookupError, ValueError, configparser.Error)
+
 
 def main(argv=sys.argv, quiet=False):
     """Console script entry point; returns the exit code."""
@@ -215,8 +219,7 @@ class TenantMigrateCommand:
             loader = self.get_config_loader(config_uri)
             loader.setup_logging(config_vars)
             settings = loader.get_wsgi_app_settings(defaults=config_vars)
-        except (OSError, LookupError, ValueError,
-                configparser.Error) as exc:
+        except _UNREADABLE_CONFIG as exc:
             raise UsageError(f"cannot read {config_uri}: {exc}") from None
         self.migrator = TenantMigrator.from_settings(settings)
         return self.migrator
@@ -436,8 +439,7 @@ class TenantMigrateCommand:
             with suppressed():
                 env = self.bootstrap(self.options.config_uri,
                                      options=config_vars)
-        except (OSError, LookupError, ValueError,
-                configparser.Error) as exc:
+        except _UNREADABLE_CONFIG as exc:
             raise UsageError(
                 f"cannot load the app from {self.options.config_uri}: "
                 f"{exc}") from None
