@@ -23,8 +23,8 @@ Layout, following the way a run flows:
 """
 from .errors import (  # noqa: F401
     ConfigurationError, DatabaseUnavailable, InvalidSchemaName,
-    MigrationFailed, ProvisioningFailed, StartupRefused, TenantExists,
-    TenantMigrateError, TenantNotFound, UsageError,
+    ProvisioningFailed, StartupRefused, TenantExists, TenantMigrateError,
+    TenantNotFound, TenantSourceUnavailable, UsageError,
 )
 from .events import TenantCreated, TenantDropped  # noqa: F401
 from .migrator import TenantMigrator  # noqa: F401

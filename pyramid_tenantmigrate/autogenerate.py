@@ -20,7 +20,7 @@ Every comparison runs in one transaction that is rolled back at the end:
    database is not up to date"); it is never migrated here;
 2. a scratch schema is created whose name no tenant can have;
 3. for the tenant branch, the scratch schema is migrated to ``tenant@head``
-   with :func:`~pyramid_tenantmigrate.execute.migrate_in_transaction`;
+   through Alembic, as ``alembic upgrade`` would;
 4. Alembic compares with the scratch schema *alone* on ``search_path``. So a
    reflected tenant table has no schema (as the tenant models), a foreign
    key to a tenant table has no schema, and a foreign key to a shared table
@@ -43,17 +43,15 @@ from sqlalchemy import create_engine
 from sqlalchemy import types as sa_types
 from sqlalchemy.pool import NullPool
 
+from .environment import AlembicSession
 from .errors import ConfigurationError, NotUpToDate
-from .execute import migrate_in_transaction, search_path_sql
 from .names import MAX_IDENTIFIER_BYTES, quote_schema, schema_name_problem
-from .plan import SHARED, TENANT, branch_has_revisions
-from .runlog import TABLE as RUNS_TABLE
-from .spares import TABLE as SPARES_TABLE
+from .plan import SHARED, TENANT, StepPlanner, branch_has_revisions
+from .plan import branch_heads as _branch_heads
+from .reserved import AUTOGENERATE_PREFIX as SCRATCH_PREFIX
+from .reserved import OWN_TABLES
 from .settings import PREFIX
-
-#: The scratch schema's name starts with this. The hyphen makes it a name
-#: no tenant can have (tenant names are plain lower-case identifiers).
-SCRATCH_PREFIX = "tenantmigrate-autogenerate-"
+from .sql import search_path_sql
 
 
 def scratch_schema_name():
@@ -108,10 +106,7 @@ def belongs_to(branch, schema, shared_schema):
 
 def branch_heads(script, branch):
     """The revision ids at the head of ``branch`` (empty if no revision)."""
-    if not branch_has_revisions(script, branch):
-        return frozenset()
-    return frozenset(r.revision for r in
-                     script.get_revisions(f"{branch}@head"))
+    return frozenset(_branch_heads(script, branch))
 
 
 def require_shared_at_head(migrator, connection):
@@ -154,8 +149,7 @@ class BranchComparison:
                             else None)
         if type_ == "table":
             # This package's own tables are not the models' business.
-            return name not in (settings.version_table, RUNS_TABLE,
-                                SPARES_TABLE)
+            return name not in (settings.version_table, *OWN_TABLES)
         return True
 
     def include_object(self, obj, name, type_, reflected, compare_to):
@@ -251,22 +245,25 @@ def compare_branch(migrator, branch, revision_context):
                 connection.exec_driver_sql(
                     f"CREATE SCHEMA {quote_schema(scratch)}")
                 if branch == SHARED:
-                    schema, destination = settings.shared_schema, "shared@head"
+                    schema = settings.shared_schema
                 else:
-                    schema, destination = scratch, "tenant@head"
+                    schema = scratch
                     if branch_has_revisions(migrator.script, TENANT):
-                        migrate_in_transaction(migrator, connection, scratch,
-                                               destination)
+                        connection.exec_driver_sql(search_path_sql(
+                            scratch, settings.extra_search_path))
+                        AlembicSession(migrator, connection, scratch,
+                                       TENANT).run(StepPlanner(
+                                           migrator.script, "upgrade",
+                                           "tenant@head").steps_for(()))
                 comparison = BranchComparison(migrator, branch, scratch,
                                               revision_context)
                 # The dialect's idea of the default schema, which Alembic
                 # uses to fold "schema-less" names, is the scratch schema,
                 # as current_schema() is during the comparison.
                 connection.dialect.default_schema_name = scratch
-                migrate_in_transaction(
-                    migrator, connection, schema, destination,
-                    fn=comparison,
-                    configure_extra={"compare_server_default": True})
+                AlembicSession(
+                    migrator, connection, schema, branch, fn=comparison,
+                    configure_extra={"compare_server_default": True}).run()
             finally:
                 transaction.rollback()
     finally:

@@ -1,16 +1,33 @@
 """The bridge between a project's ``env.py`` and this package.
 
-The ``env.py`` that ``tenant-migrate init`` writes is a few lines ending in
-``run_env(context)``. The loop over schemas is not in user code: ``run_env``
-hands Alembic's ``context`` to the job the running command put in the
-Alembic config (see :mod:`.execute`). Keyword arguments are passed on to
-``context.configure`` for every schema, so ``env.py`` stays the place for
-Alembic hooks such as ``include_object``, ``process_revision_directives``
-or ``compare_type``.
+The ``env.py`` that ``tenant-migrate init`` writes ends in
+``run_env(context, **options)``. The loop over schemas is not in user code:
+this package runs ``env.py`` once per migrator and mode (online, offline)
+to learn the options given to ``run_env`` (:func:`read_env_options`), then
+configures every Alembic context itself, one per schema and connection
+(:class:`AlembicSession`), with this package's per-schema options first and
+``env.py``'s after them. So ``env.py`` stays the place for Alembic hooks
+such as ``include_object``, ``on_version_apply`` or ``compare_type``, and
+they apply to every schema, on every path.
+
+Alembic's ``op`` and ``context`` are module globals: two migrations in two
+threads of one process (two sign-ups served by waitress threads, two
+workers of a run) would run in each other's context. Everything that runs
+Alembic code holds :data:`ALEMBIC_LOCK`.
 """
+import copy
+import threading
+
+from alembic.runtime.environment import EnvironmentContext
 from alembic.util import CommandError
 
-from .execute import JOB_KEY
+from .errors import ConfigurationError
+
+#: Held while Alembic code runs in this process (see the module docstring).
+ALEMBIC_LOCK = threading.RLock()
+
+#: Key under which the running job sits in ``Config.attributes``.
+JOB_KEY = "tenantmigrate.job"
 
 #: Options this package sets per schema; passing them to run_env would
 #: break the one-version-table-per-schema rule or the per-tenant transaction.
@@ -39,4 +56,107 @@ def run_env(context, **configure_options):
             "run_env() sets these options per schema itself: "
             + ", ".join(sorted(reserved))
         )
-    job.run(context, configure_options)
+    job.options = dict(configure_options)
+
+
+class _OptionsJob:
+    """What ``run_env`` fills in when env.py runs."""
+
+    options = None
+
+
+def read_env_options(migrator, as_sql=False):
+    """Run ``env.py`` and return the options it gives ``run_env`` (the
+    migrator keeps them: :meth:`.TenantMigrator.env_options`)."""
+    config, script = migrator.alembic_config, migrator.script
+    job = _OptionsJob()
+    with ALEMBIC_LOCK:
+        config.attributes[JOB_KEY] = job
+        try:
+            with EnvironmentContext(config, script, as_sql=as_sql,
+                                    fn=lambda heads, context: []):
+                script.run_env()
+        finally:
+            config.attributes.pop(JOB_KEY, None)
+    if job.options is None:
+        raise ConfigurationError(
+            f"{script.dir}/env.py did not call "
+            "pyramid_tenantmigrate.environment.run_env(context): nothing was "
+            "migrated; see the env.py written by 'tenant-migrate <ini> init'")
+    return job.options
+
+
+def configure_options(migrator, schema, branch, user_options, **extra):
+    """This package's options for ``schema``, then env.py's, then
+    ``extra`` (which may add ``on_version_apply`` callbacks to env.py's)."""
+    settings = migrator.settings
+    options = {
+        "version_table": settings.version_table,
+        "version_table_schema": schema,
+        "target_metadata": (settings.shared_metadata if branch == "shared"
+                            else settings.tenant_metadata),
+    }
+    options.update(user_options)
+    callbacks = list(user_options.get("on_version_apply", ()))
+    callbacks.extend(extra.pop("on_version_apply", ()))
+    options.update(extra)
+    if callbacks:
+        options["on_version_apply"] = callbacks
+    return options
+
+
+class AlembicSession:
+    """Alembic's migration context for one schema on one connection.
+
+    Configured once, with env.py's options; :meth:`run` runs steps chosen
+    by the caller (Alembic reads and writes the version table as usual).
+    Kept for a schema's whole program, so what Alembic remembers between
+    the revisions of one run (enum types created, in ``impl.memo``) is
+    remembered as it would be in one ``alembic upgrade``.
+
+    ``autocommit_block``, when given, replaces the context's
+    ``autocommit_block()`` (a callable returning a context manager): the
+    caller owns the transaction, so it decides what leaving it means.
+    ``fn``, when given, is Alembic's step function instead of the steps
+    handed to :meth:`run` (autogenerate passes its own).
+    """
+
+    def __init__(self, migrator, connection, schema, branch, *,
+                 autocommit_block=None, fn=None, configure_extra=None):
+        self.applied = []
+        self._queued = []
+        self.env = EnvironmentContext(
+            migrator.alembic_config, migrator.script,
+            fn=fn or self._next_steps)
+        extra = dict(configure_extra or {})
+        extra.setdefault("on_version_apply", []).append(self._count)
+        # Read before entering this context: reading runs env.py in one.
+        options = configure_options(migrator, schema, branch,
+                                    migrator.env_options(), **extra)
+        with ALEMBIC_LOCK, self.env:
+            self.env.configure(connection=connection, **options)
+        self.context = self.env.get_context()
+        if autocommit_block is not None:
+            self.context.autocommit_block = autocommit_block
+
+    def _next_steps(self, heads, context):
+        steps, self._queued = self._queued, []
+        return steps
+
+    def _count(self, ctx, step, heads, run_args):
+        self.applied.append(tuple(sorted(heads)))
+
+    @property
+    def memo(self):
+        """What Alembic remembers between revisions of this run."""
+        return self.context.impl.memo
+
+    def run(self, steps=(), memo=None):
+        """Run ``steps`` (Alembic reads the version first and writes it
+        after each step). ``memo``, when given, is what Alembic remembers
+        from the revisions before these (replayed, not run here)."""
+        if memo is not None:
+            self.context.impl.memo = copy.deepcopy(memo)
+        self._queued = list(steps)
+        with ALEMBIC_LOCK, self.env:
+            self.env.run_migrations()

@@ -1,8 +1,8 @@
 """Exceptions raised by pyramid_tenantmigrate.
 
 The console script maps them to exit codes: :class:`ConfigurationError` and
-:class:`UsageError` exit 2 (nothing ran), :class:`MigrationFailed` and
-:class:`DatabaseUnavailable` exit 1 (the work failed).
+:class:`UsageError` exit 2 (nothing ran), the others exit 1 (the work
+failed, or could not be done).
 """
 
 
@@ -44,16 +44,9 @@ class DatabaseUnavailable(TenantMigrateError):
     """The database could not be reached, or went away during a run."""
 
 
-class MigrationFailed(TenantMigrateError):
-    """Raised by the Python API when a run finished with failed tenants.
-
-    ``report`` holds the :class:`~pyramid_tenantmigrate.report.RunReport`
-    with every tenant's outcome.
-    """
-
-    def __init__(self, report):
-        self.report = report
-        super().__init__(report.failure_summary())
+class TenantSourceUnavailable(TenantMigrateError):
+    """The tenant source reads something the database does not have yet
+    (a tenants table the shared branch creates)."""
 
 
 class NotUpToDate(TenantMigrateError):

@@ -1,484 +1,694 @@
-"""Executing a plan: one transaction per schema, failures isolated.
+"""Executing a plan: one transaction per schema, each step once, failures
+isolated.
 
-Two paths, chosen per group of tenants that share a starting revision:
+Each schema runs its :class:`~.program.Program` in a transaction of its
+own (:class:`SchemaRun`), on one of ``workers`` connections
+(:mod:`.workers`). The transaction:
 
-- **replay** (:mod:`.replay`): the group's revisions were rendered to SQL
-  once (:mod:`.render`); each tenant runs that SQL in one round trip, on
-  parallel connections. This is the path of ordinary DDL revisions.
-- **Alembic**: :func:`execute_branch` runs the project's ``env.py`` with a
-  :class:`BranchRun` job in the Alembic config; ``env.py`` calls
-  :func:`pyramid_tenantmigrate.environment.run_env`, which hands the job
-  Alembic's ``context``. The job walks its schemas one by one. For each it
-  opens a transaction *itself* (so a commit is a commit: Alembic's
-  ``begin_transaction`` is a no-op inside it under SQLAlchemy 2), points
-  ``search_path`` at the schema with ``SET LOCAL`` (which ends with the
-  transaction and never leaks into the pool), tells Alembic to keep the
-  version table in that schema, and runs the steps. This is the path of the
-  shared schema, of revisions that read data, of ``--sql`` and ``stamp``,
-  and of tenants replay handed back.
+1. sets ``search_path`` (the schema, then ``extra_search_path``) and the
+   lock and statement timeouts with ``SET LOCAL``;
+2. waits for the schema's advisory lock (:func:`~.sql.tenant_lock_sql`),
+   so that no other run, shard, startup hook or sign-up works on it at
+   the same time;
+3. checks that the version table still holds what the plan read (the
+   guard); if another process moved the schema meanwhile, the schema is
+   planned again from where it is now, so no step runs twice;
+4. runs the program: replayed steps as SQL (consecutive ones in one round
+   trip), the others through Alembic on the same connection, in order;
+5. writes the version and commits.
 
-Either way a failing schema is rolled back to exactly where it was and
-recorded; the run goes on unless ``fail_fast`` is set. A lock timeout is
-retried with back-off before the tenant is reported. When the database
-itself goes away, the run stops and the schemas not attempted are reported
-as such.
+A failure rolls the schema back to exactly where it was and is reported
+with the revision that failed; the run goes on (``fail_fast`` stops it).
+Lock timeouts are retried (:mod:`.retry`). A connection lost mid-way is
+replaced, and the schema's version is read again before it is reported,
+since the server may have committed just before the connection went.
+
+``autocommit_block()``: statements before the block commit (with the
+version of the revisions already done), the block runs outside any
+transaction, and the rest of the revision runs in a new transaction; the
+schema's lock is then held for the session, across those commits. A
+failure inside a block drops any index the block left INVALID.
+
+:func:`migrate_in_transaction` runs a program in a transaction the caller
+owns (provisioning, spares, autogenerate): nothing is committed there, and
+blocks run in their transaction-safe form (:func:`.capture.transaction_safe`).
 """
+import contextlib
+import threading
 import time
 
-from alembic.runtime.environment import EnvironmentContext
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import event
 
-from .errors import ConfigurationError, DatabaseUnavailable
+from .capture import controls_transaction, describe_error, transaction_safe
+from .environment import AlembicSession
 from .names import quote_schema
-from .render import version_table_ddl
-from .replay import (
-    DRIVER, LOCK_NOT_AVAILABLE, ReplayPool, ReplayScript, last_step,
-)
 from .report import (
-    DONE, FAILED, MISSING, NOT_RUN, RENDERED, UP_TO_DATE,
-    BranchReport, SchemaResult,
+    AHEAD, DONE, FAILED, MISSING, NOT_RUN, REJECTED, UNKNOWN, UNREADABLE,
+    UP_TO_DATE, BranchReport, SchemaResult,
 )
+from .retry import RETRYABLE, RetryPolicy, sqlstate
+from .sql import (
+    INVALID_INDEXES, VERSION_MOVED, guard_sql, last_step, search_path_sql,
+    step_notice_sql, tenant_lock_sql, tenant_unlock_sql, timeouts_sql,
+    version_update_sql,
+)
+from .workers import DatabaseGone, WorkerPool
 
-#: Key under which the running job sits in ``Config.attributes``.
-JOB_KEY = "tenantmigrate.job"
-
-
-def search_path_sql(schema, extra_schemas=()):
-    """``SET LOCAL search_path`` for a schema, every name quoted."""
-    path = ", ".join(quote_schema(s) for s in (schema, *extra_schemas))
-    return f"SET LOCAL search_path TO {path}"
-
-
-def _error_text(exc):
-    if isinstance(exc, DBAPIError) and exc.orig is not None:
-        text = str(exc.orig).strip()
-    else:
-        text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split())
+#: How many times a schema is planned again because another process moved
+#: it meanwhile, before it is reported.
+MAX_REPLANS = 5
+_NO_TIMEOUT = "SET LOCAL lock_timeout = 0"
 
 
-def _is_disconnect(exc):
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+class ScriptFailed(Exception):
+    """A script sent to the server failed; ``error`` is the driver's
+    exception, ``revision`` the revision it was running (from the step
+    notices, or the step Alembic was running)."""
+
+    def __init__(self, error, revision):
+        self.error = error
+        self.revision = revision
+        super().__init__(describe_error(error))
 
 
-def _is_lock_timeout(exc):
-    return (isinstance(exc, DBAPIError)
-            and getattr(exc.orig, "pgcode", None) == LOCK_NOT_AVAILABLE)
+def send_script(connection, sql):
+    """Run ``sql`` (statements without parameters) as one simple query on
+    the SQLAlchemy ``connection``, whose driver is psycopg2 or psycopg 3;
+    return the notices the server sent. Raise :class:`ScriptFailed`."""
+    raw = connection.connection.driver_connection
+    if hasattr(raw, "notices"):  # psycopg2
+        del raw.notices[:]
+        cursor = raw.cursor()
+        try:
+            cursor.execute(sql)
+        except Exception as exc:
+            raise ScriptFailed(exc, last_step(raw.notices)) from exc
+        finally:
+            cursor.close()
+        return list(raw.notices)
+    notices = []  # psycopg 3
+
+    def collect(diagnostic):
+        notices.append(diagnostic.message_primary or "")
+
+    raw.add_notice_handler(collect)
+    try:
+        with raw.cursor() as cursor:
+            cursor.execute(sql)
+    except Exception as exc:
+        raise ScriptFailed(exc, last_step(notices)) from exc
+    finally:
+        raw.remove_notice_handler(collect)
+    return notices
 
 
-class BranchRun:
-    """The job ``env.py`` runs for one branch: migrate or render schemas."""
+def is_disconnect(exc, connection):
+    """Tell whether ``exc`` means ``connection`` is gone."""
+    error = getattr(exc, "error", exc)
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    try:
+        raw = connection.connection.driver_connection
+        if getattr(raw, "closed", False):
+            return True
+    except Exception:
+        return True
+    name = type(getattr(error, "orig", None) or error).__name__
+    return (name in ("OperationalError", "InterfaceError")
+            and sqlstate(error) is None)
 
-    def __init__(self, migrator, plan, schema_plans, *, as_sql=False,
-                 output=None, fail_fast=False, create_missing=False,
-                 progress=None):
+
+class SchemaRun:
+    """One attempt at running a program in one schema.
+
+    ``own`` (default): on a connection of our own in autocommit mode;
+    this object sends ``BEGIN``/``COMMIT``. Otherwise the caller's
+    transaction: no commit, and the caller's settings are put back at the
+    end.
+    """
+
+    def __init__(self, migrator, connection, schema, program, branch,
+                 own=True, create_schema=False):
+        self.migrator = migrator
+        self.settings = migrator.settings
+        self.connection = connection
+        self.schema = schema
+        self.program = program
+        self.branch = branch
+        self.own = own
+        self.create_schema = create_schema
+        self.db_heads = tuple(program.from_heads)
+        self.done_heads = tuple(program.from_heads)
+        self.buffer = []
+        self.current = None
+        self.session = None
+        self.session_lock = False
+        self.committed = False  # some work committed before the end
+        self.in_transaction = False
+        self.in_safe_block = False
+        self.left_invalid = []
+
+    # What goes into the buffer, then to the server in one round trip.
+
+    def _settings_sql(self, local=True):
+        settings = self.settings
+        return [
+            search_path_sql(self.schema, settings.extra_search_path, local),
+            timeouts_sql(settings.lock_timeout, settings.statement_timeout,
+                         local),
+        ]
+
+    def _begin(self, first):
+        buffer = self.buffer
+        if self.own:
+            buffer.append("BEGIN")
+        elif first:
+            buffer.append(
+                "SELECT set_config('tenantmigrate.saved_search_path', "
+                "current_setting('search_path'), true), "
+                "set_config('tenantmigrate.saved_lock_timeout', "
+                "current_setting('lock_timeout'), true), "
+                "set_config('tenantmigrate.saved_statement_timeout', "
+                "current_setting('statement_timeout'), true)")
+        if first and self.create_schema:
+            buffer.append(f"CREATE SCHEMA {quote_schema(self.schema)}")
+        buffer.extend(self._settings_sql())
+        buffer.append("SET LOCAL client_min_messages TO notice")
+        self.in_transaction = True
+        if not first:
+            return
+        # The schema's lock, waited for without a timeout: whoever holds
+        # it is migrating this schema and will be done with it.
+        session = self.own and self.program.needs_session_lock
+        buffer.append(_NO_TIMEOUT)
+        buffer.append(tenant_lock_sql(self.schema, session=session))
+        self.session_lock = session
+        buffer.append(timeouts_sql(self.settings.lock_timeout,
+                                   self.settings.statement_timeout))
+        buffer.append(guard_sql(self.schema, self.settings.version_table,
+                                self.program.from_heads))
+        if not self.program.from_heads and self.program.version_table_ddl:
+            buffer.append(self.program.version_table_ddl)
+
+    def _sync_version(self):
+        if self.done_heads != self.db_heads:
+            self.buffer.append(version_update_sql(
+                self.schema, self.settings.version_table, self.done_heads))
+            self.db_heads = self.done_heads
+
+    def _end(self):
+        if self.own:
+            self.buffer.append("COMMIT")
+            self.in_transaction = False
+        else:
+            self.buffer.append(
+                "SELECT set_config('search_path', current_setting("
+                "'tenantmigrate.saved_search_path'), true), "
+                "set_config('lock_timeout', current_setting("
+                "'tenantmigrate.saved_lock_timeout'), true), "
+                "set_config('statement_timeout', current_setting("
+                "'tenantmigrate.saved_statement_timeout'), true)")
+
+    def _flush(self):
+        if not self.buffer:
+            return
+        sql = ";\n".join(self.buffer) + ";"
+        self.buffer = []
+        try:
+            send_script(self.connection, sql)
+        except ScriptFailed as exc:
+            if exc.revision is None:
+                exc.revision = self.current
+            raise
+
+    # Running the program.
+
+    def run(self):
+        """Run the program; return the heads the schema ends at."""
+        try:
+            return self._run()
+        finally:
+            self._close_session()
+
+    def _run(self):
+        program = self.program
+        self._begin(first=True)
+        live_memo = forced = False
+        for item in program.steps:
+            if item.replay is not None and not forced:
+                self.current = item.revision
+                self.buffer.append(step_notice_sql(item.revision))
+                for in_block, statements in item.replay:
+                    if in_block:
+                        self._block(statements)
+                    else:
+                        self.buffer.extend(statements)
+                self.done_heads = item.heads_after
+                live_memo = False
+                continue
+            self._sync_version()
+            self._flush()
+            self.current = item.revision
+            session = self._alembic()
+            session.run([item.step],
+                        memo=None if live_memo else item.memo_before)
+            heads = session.applied[-1] if session.applied else (
+                item.heads_after)
+            self.db_heads = self.done_heads = heads
+            live_memo = True
+            if item.memo_after is not None and session.memo != item.memo_after:
+                # Alembic remembers something else than capture saw: the
+                # recorded SQL of later revisions may not be what Alembic
+                # would send here, so they run through Alembic too.
+                forced = True
+        if program.stamp:
+            self.done_heads = tuple(program.to_heads)
+        self.current = None
+        self._sync_version()
+        self._end()
+        if self.session_lock:
+            self.buffer.append(tenant_unlock_sql(self.schema))
+            self.session_lock = False
+        self._flush()
+        return self.done_heads
+
+    def abort(self):
+        """After a failure: roll back (own transaction), put session
+        settings back and let go of a session lock. Returns False when the
+        connection is unusable."""
+        self.buffer = []
+        self._close_session()
+        if not self.own:
+            return True
+        statements = ["ROLLBACK", "RESET search_path", "RESET lock_timeout",
+                      "RESET statement_timeout"]
+        if self.session_lock:
+            statements.append(tenant_unlock_sql(self.schema))
+        try:
+            send_script(self.connection, ";\n".join(statements) + ";")
+        except Exception:
+            return False
+        self.session_lock = False
+        return True
+
+    def _alembic(self):
+        if self.session is None:
+            block = (self._outside_transaction if self.own
+                     else self._safe_block)
+            self.session = AlembicSession(
+                self.migrator, self.connection, self.schema, self.branch,
+                autocommit_block=block)
+            event.listen(self.connection, "before_cursor_execute",
+                         self._filter, retval=True)
+        return self.session
+
+    def _close_session(self):
+        if self.session is not None:
+            event.remove(self.connection, "before_cursor_execute",
+                         self._filter)
+            self.session = None
+
+    def _filter(self, conn, cursor, statement, parameters, context,
+                executemany):
+        """What a revision run through Alembic sends, adjusted to the
+        transaction this package owns: a revision's own COMMIT ends the
+        work so far and a new transaction goes on with the schema's
+        settings (own connection), or is left to the caller (caller's
+        transaction); in a caller's transaction, statements of an
+        autocommit block run in their transaction-safe form."""
+        if controls_transaction(statement):
+            body = statement.strip().rstrip(";").strip().upper()
+            if not self.own or body.startswith(("BEGIN", "START")):
+                return "SELECT 1", parameters
+            self.committed = True
+            end = "ROLLBACK" if body.startswith(("ROLLBACK", "ABORT")) else (
+                "COMMIT")
+            return ";\n".join([end, "BEGIN", *self._settings_sql()]), (
+                parameters)
+        if self.in_safe_block:
+            safe = transaction_safe(statement)
+            return ("SELECT 1" if safe is None else safe), parameters
+        return statement, parameters
+
+    # Autocommit blocks.
+
+    def _block(self, statements):
+        """Replayed statements of an ``autocommit_block()``."""
+        if not self.own:
+            for sql in statements:
+                safe = transaction_safe(sql)
+                if safe is not None:
+                    self.buffer.append(safe)
+            return
+        with self._outside_transaction():
+            for sql in statements:
+                self._flush_one(sql)
+
+    def _flush_one(self, sql):
+        try:
+            send_script(self.connection, sql)
+        except ScriptFailed as exc:
+            exc.revision = exc.revision or self.current
+            raise
+
+    @contextlib.contextmanager
+    def _outside_transaction(self):
+        """Commit what is done so far, let the caller run statements with
+        no transaction, then open the schema's transaction again."""
+        if not self.session_lock:
+            self.buffer.append(tenant_lock_sql(self.schema, session=True))
+            self.session_lock = True
+        self._sync_version()
+        self._end()
+        self._flush()
+        self.committed = True
+        self.buffer.extend(self._settings_sql(local=False))
+        self._flush()
+        invalid_before = self._invalid_indexes()
+        try:
+            yield
+        except BaseException:
+            self._drop_new_invalid_indexes(invalid_before)
+            raise
+        finally:
+            if not self.in_transaction:
+                self.buffer.append("RESET search_path; RESET lock_timeout; "
+                                   "RESET statement_timeout")
+        self._begin(first=False)
+        self._flush()
+
+    @contextlib.contextmanager
+    def _safe_block(self):
+        """``autocommit_block()`` in a caller's transaction: the block's
+        statements run in their transaction-safe form (see
+        :meth:`_filter`)."""
+        self.in_safe_block = True
+        try:
+            yield
+        finally:
+            self.in_safe_block = False
+
+    def _invalid_indexes(self):
+        raw = self.connection.connection.driver_connection
+        with raw.cursor() as cursor:
+            cursor.execute(INVALID_INDEXES, {"schema": self.schema})
+            return {row[0] for row in cursor.fetchall()}
+
+    def _drop_new_invalid_indexes(self, before):
+        try:
+            left = self._invalid_indexes() - before
+        except Exception:
+            return
+        for name in sorted(left):
+            qualified = f"{quote_schema(self.schema)}.{quote_schema(name)}"
+            try:
+                send_script(self.connection,
+                            f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
+                self.left_invalid.append((name, True))
+            except Exception:
+                self.left_invalid.append((name, False))
+
+
+class BranchExecution:
+    """Runs a branch's plan over a worker pool; see the module docstring.
+
+    ``programs`` makes the programs (:class:`~.program.Programs`);
+    ``should_stop()`` returns a reason to stop starting schemas (the run
+    lock was lost), or ``None``.
+    """
+
+    def __init__(self, migrator, plan, planner, programs, *, workers=None,
+                 fail_fast=False, create_missing=False, progress=None,
+                 should_stop=None):
         self.migrator = migrator
         self.plan = plan
-        self.schema_plans = schema_plans
-        self.as_sql = as_sql
-        self.output = output
+        self.planner = planner
+        self.programs = programs
+        self.workers = workers or migrator.settings.workers
         self.fail_fast = fail_fast
         self.create_missing = create_missing
         self.progress = progress
-        self.aborted = None
-        self.started = False
-        self._connection = None
-
-    @property
-    def target_metadata(self):
-        settings = self.migrator.settings
-        if self.plan.branch == "shared":
-            return settings.shared_metadata
-        return settings.tenant_metadata
-
-    def run(self, env, configure_options):
-        """Called from ``env.py`` through ``run_env``."""
-        self.started = True
-        stop_reason = None
-        try:
-            for schema_plan in self.schema_plans:
-                if stop_reason is not None:
-                    self._record(SchemaResult(
-                        schema_plan.schema, NOT_RUN, schema_plan.from_heads,
-                        schema_plan.to_heads, error=stop_reason))
-                    continue
-                if self.as_sql:
-                    result = self._render_one(env, schema_plan,
-                                              configure_options)
-                else:
-                    result = self._migrate_one(env, schema_plan,
-                                               configure_options)
-                self._record(result)
-                if self.aborted is not None:
-                    stop_reason = f"not attempted: {self.aborted}"
-                elif not result.ok and self.fail_fast:
-                    stop_reason = ("not attempted: --fail-fast stopped the "
-                                   f"run after {result.schema} failed")
-        finally:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        self.external_stop = should_stop or (lambda: None)
+        self.retry = RetryPolicy(migrator.settings.lock_retries)
+        self.report = BranchReport(plan.branch, plan.operation,
+                                   plan.destination)
+        self._stop_reason = None
+        self._lock = threading.Lock()
 
     def _record(self, result):
-        if self.progress is not None:
-            self.progress(self.plan.branch, result)
+        with self._lock:
+            self.report.results.append(result)
+            if self.progress is not None:
+                self.progress(self.plan.branch, result)
+            if (self.fail_fast and not result.ok
+                    and self._stop_reason is None):
+                self._stop_reason = (f"--fail-fast stopped the run after "
+                                     f"{result.schema} failed")
 
-    def _search_path(self, schema):
-        return search_path_sql(schema, self.migrator.settings.extra_search_path)
+    def _should_stop(self):
+        return self._stop_reason or self.external_stop()
 
-    def _connect(self):
-        if self._connection is None or self._connection.invalidated:
-            if self._connection is not None:
-                self._connection.close()
-            self._connection = self.migrator.connect()
-        return self._connection
+    def run(self):
+        plan = self.plan
+        for schema_plan in plan.current:
+            self._record(SchemaResult(schema_plan.schema, UP_TO_DATE,
+                                      schema_plan.from_heads,
+                                      schema_plan.to_heads))
+        for schema_plan in plan.ahead:
+            self._record(SchemaResult(
+                schema_plan.schema, AHEAD, schema_plan.from_heads,
+                schema_plan.from_heads, error=(
+                    f"already at {_revs(schema_plan.from_heads)}, past "
+                    f"{plan.destination}: upgrade does not go down; use "
+                    f"'downgrade {plan.destination}'")))
+        for schema, reason in plan.unplannable.items():
+            self._record(SchemaResult(schema, FAILED, error=reason))
+        for schema, reason in plan.unreadable.items():
+            self._record(SchemaResult(schema, UNREADABLE, error=reason))
+        pending = []
+        for schema_plan in plan.pending:
+            if schema_plan.exists or self.create_missing:
+                pending.append(schema_plan)
+            else:
+                self._record(SchemaResult(
+                    schema_plan.schema, MISSING, schema_plan.from_heads,
+                    schema_plan.to_heads, error=(
+                        "the tenant source lists this schema but it does not "
+                        "exist; create it (tenant-migrate <ini> upgrade "
+                        "--create-missing) or remove it from the tenant "
+                        "source")))
+        if not pending:
+            return self.report, None
+        # Programs of the planned groups are made before any worker
+        # starts: capture runs once per group, here.
+        for schema_plan in pending:
+            self._program(schema_plan.from_heads, schema_plan.steps,
+                          schema_plan.to_heads)
+        pool = WorkerPool(self.migrator.worker_connection,
+                          min(self.workers, len(pending)),
+                          should_stop=self._should_stop)
+        pool.run(pending, self._work)
+        self.report.workers = pool.opened
+        self.report.warnings.extend(pool.warnings)
+        aborted = pool.aborted if pool.aborted != self._stop_reason else None
+        reason = pool.aborted or self._stop_reason or "run stopped"
+        for schema_plan in pool.leftover:
+            self._record(SchemaResult(
+                schema_plan.schema, NOT_RUN, schema_plan.from_heads,
+                schema_plan.to_heads, error=f"not attempted: {reason}"))
+        return self.report, aborted
 
-    def _version_options(self, schema):
-        return {
-            "version_table": self.migrator.settings.version_table,
-            "version_table_schema": schema,
-            "target_metadata": self.target_metadata,
-        }
+    def _program(self, from_heads, steps, to_heads):
+        return self.programs.get(self.plan.operation, from_heads, steps,
+                                 to_heads, self.plan.branch)
 
-    def _migrate_one(self, env, schema_plan, options):
-        settings = self.migrator.settings
+    def _work(self, worker, schema_plan):
+        try:
+            self._record(self._migrate(worker, schema_plan))
+        except DatabaseGone as exc:
+            self._record(SchemaResult(
+                schema_plan.schema, NOT_RUN, schema_plan.from_heads,
+                schema_plan.to_heads,
+                error=f"not attempted: the database went away: {exc}"))
+
+    def _migrate(self, worker, schema_plan):
+        schema = schema_plan.schema
         started = time.monotonic()
-        attempt = 0
+        from_heads, steps = schema_plan.from_heads, schema_plan.steps
+        create = not schema_plan.exists
+        attempt = replans = 0
         while True:
-            result = self._attempt(env, schema_plan, options)
-            if (result.status == FAILED and result.lock_timeout
-                    and attempt < settings.lock_retries
-                    and self.aborted is None):
-                attempt += 1
-                time.sleep(0.5 * (2 ** (attempt - 1)))
-                continue
-            if result.lock_timeout:
-                result.error += (f" (gave up after {attempt + 1} attempts; "
-                                 "an application transaction holds a lock "
-                                 "on this schema's table)")
-            result.duration = time.monotonic() - started
-            return result
+            program = self._program(from_heads, steps, schema_plan.to_heads)
+            run = SchemaRun(self.migrator, worker.connection, schema,
+                            program, self.plan.branch, create_schema=create)
+            try:
+                heads = run.run()
+            except Exception as exc:
+                error = getattr(exc, "error", exc)
+                state = sqlstate(error)
+                if is_disconnect(exc, worker.connection):
+                    result = self._after_disconnect(
+                        worker, schema_plan, program, run, exc)
+                    result.duration = time.monotonic() - started
+                    return result
+                if not run.abort():
+                    worker.reconnect()
+                if state == VERSION_MOVED and replans < MAX_REPLANS:
+                    replans += 1
+                    found = self._replan(worker, schema_plan)
+                    if isinstance(found, SchemaResult):
+                        found.duration = time.monotonic() - started
+                        return found
+                    from_heads, steps = found
+                    create = False
+                    continue
+                if state in RETRYABLE and not run.committed:
+                    attempt += 1
+                    if self.retry.should_retry(attempt):
+                        self.retry.wait(attempt)
+                        continue
+                result = self._failure(schema_plan, program, run, exc,
+                                       attempt)
+                result.duration = time.monotonic() - started
+                return result
+            return SchemaResult(
+                schema, DONE, schema_plan.from_heads, heads,
+                revisions=program.revisions,
+                duration=time.monotonic() - started,
+                paths=program.paths())
 
-    def _attempt(self, env, schema_plan, options):
-        schema = schema_plan.schema
-        applied = []
-
-        def count_applied(ctx, step, heads, run_args):
-            applied.append((step, heads))
-
-        result = SchemaResult(schema, DONE, schema_plan.from_heads,
-                              schema_plan.to_heads)
-        if not schema_plan.exists and not self.create_missing:
-            result.status = MISSING
-            result.error = (
-                "the tenant source lists this schema but it does not exist; "
-                "create it (tenant-migrate <ini> upgrade --create-missing) "
-                "or remove it from the tenant source"
-            )
-            return result
+    def _replan(self, worker, schema_plan):
+        """The schema moved since planning: plan it again from where it is.
+        Returns ``(from_heads, steps)``, or a result when nothing is left."""
+        version = self.migrator.read_versions(
+            worker.connection, [schema_plan.schema], workers=1)[
+            schema_plan.schema]
+        heads = version.heads
         try:
-            connection = self._connect()
-            with connection.begin():
-                if not schema_plan.exists:
-                    connection.exec_driver_sql(
-                        f"CREATE SCHEMA {quote_schema(schema)}")
-                connection.exec_driver_sql(self._search_path(schema))
-                connection.exec_driver_sql(
-                    self.migrator.settings.timeouts_sql)
-                env.configure(
-                    connection=connection,
-                    on_version_apply=[count_applied,
-                                      *options.get("on_version_apply", ())],
-                    **self._version_options(schema),
-                    **{k: v for k, v in options.items()
-                       if k != "on_version_apply"},
-                )
-                env.run_migrations()
-        except DatabaseUnavailable as exc:
-            result.status = FAILED
-            result.error = str(exc)
-            self.aborted = str(exc)
+            steps = self.planner.steps_for(heads)
         except Exception as exc:
-            result.status = FAILED
-            result.error = _error_text(exc)
-            result.lock_timeout = _is_lock_timeout(exc)
-            if len(applied) < len(schema_plan.steps):
-                step = schema_plan.steps[len(applied)]
-                revision = getattr(step, "revision", None)
-                if revision is not None:
-                    result.failed_revision = revision.revision
-            if _is_disconnect(exc):
-                self._check_database(schema)
-        else:
-            # What Alembic actually applied, which differs from the plan
-            # only if another process moved this schema meanwhile.
-            result.revisions = tuple(
-                ",".join(info.up_revision_ids) for info, _ in applied)
-            if applied:
-                result.to_heads = tuple(sorted(applied[-1][1]))
-        return result
+            return SchemaResult(schema_plan.schema, FAILED, heads, heads,
+                                error=f"cannot plan from {_revs(heads)}: "
+                                      f"{describe_error(exc)}")
+        if not steps:
+            return SchemaResult(
+                schema_plan.schema, UP_TO_DATE, heads, heads,
+                note="moved to the destination by another process while "
+                     "this run was going")
+        return heads, steps
 
-    def _check_database(self, schema):
-        """After a lost connection, decide whether the run can go on."""
+    def _failure(self, schema_plan, program, run, exc, attempt):
+        error = getattr(exc, "error", exc)
+        revision = getattr(exc, "revision", None) or run.current
+        message = describe_error(error)
+        if sqlstate(error) in RETRYABLE:
+            message += (f" (gave up after {attempt} attempts; another "
+                        "transaction holds a lock on this schema's table)")
+        for name, dropped in run.left_invalid:
+            qualified = f'"{schema_plan.schema}"."{name}"'
+            message += (
+                f"; the autocommit block left the INVALID index {name}, "
+                "which was dropped: a re-run builds it again" if dropped else
+                f"; the autocommit block left the INVALID index {name}: "
+                f"drop it (DROP INDEX CONCURRENTLY {qualified}), then re-run")
+        at = run.db_heads if run.committed else schema_plan.from_heads
+        if run.committed:
+            message += (
+                f"; statements of revision {revision} before its "
+                f"autocommit block were committed and its version is "
+                f"still {_revs(at)}, so a re-run runs {revision} again "
+                "from its start")
+        return SchemaResult(schema_plan.schema, FAILED,
+                            schema_plan.from_heads, at, error=message,
+                            failed_revision=revision)
+
+    def _after_disconnect(self, worker, schema_plan, program, run, exc):
+        """The connection went away while this schema ran: find out from
+        the database what happened before reporting it."""
+        error = describe_error(getattr(exc, "error", exc))
+        revision = getattr(exc, "revision", None) or run.current
         try:
-            self._connect()
-        except DatabaseUnavailable as exc:
-            self.aborted = (f"the database went away while migrating "
-                            f"{schema}: {exc}")
+            worker.reconnect()
+            heads = self._read_under_lock(worker.connection,
+                                          schema_plan.schema)
+        except DatabaseGone:
+            return SchemaResult(
+                schema_plan.schema, UNKNOWN, schema_plan.from_heads, (),
+                error=(f"connection lost ({error}) and the database could "
+                       "not be reached again: whether this schema's last "
+                       "transaction committed is unknown; run "
+                       "'tenant-migrate <ini> current' when it is back"),
+                failed_revision=revision)
+        except Exception as check:
+            return SchemaResult(
+                schema_plan.schema, UNKNOWN, schema_plan.from_heads, (),
+                error=(f"connection lost ({error}); reading the version "
+                       f"again failed: {describe_error(check)}"),
+                failed_revision=revision)
+        if heads == tuple(program.to_heads):
+            return SchemaResult(
+                schema_plan.schema, DONE, schema_plan.from_heads, heads,
+                revisions=program.revisions, paths=program.paths(),
+                note=(f"the connection was lost ({error}) after the server "
+                      "committed; the version was read again"))
+        return SchemaResult(
+            schema_plan.schema, FAILED, schema_plan.from_heads, heads,
+            error=(f"connection lost: {error}; read again, the schema is at "
+                   f"{_revs(heads)}: re-run to finish"),
+            failed_revision=revision)
 
-    def _render_one(self, env, schema_plan, options):
-        schema = schema_plan.schema
-        out = self.output
-        from_heads = ",".join(schema_plan.from_heads) or "base"
-        to_heads = ",".join(schema_plan.to_heads) or "base"
-        out.write(f"\n-- {self.plan.branch} schema {schema}: "
-                  f"{self.plan.operation} {from_heads} -> {to_heads}\n")
-        if not schema_plan.exists:
-            out.write(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(schema)};"
-                      "\n\n")
-        starting = ",".join(schema_plan.from_heads) or None
-        env.configure(
-            dialect_name="postgresql",
-            # Without it '%' is doubled in the output (psycopg2 pyformat).
-            dialect_opts={"paramstyle": "named"},
-            as_sql=True,
-            literal_binds=True,
-            output_buffer=out,
-            starting_rev=starting,
-            **self._version_options(schema),
-            **options,
-        )
-        with env.begin_transaction():
-            env.execute(self._search_path(schema))
-            env.run_migrations()
-        return SchemaResult(schema, RENDERED, schema_plan.from_heads,
-                            schema_plan.to_heads,
-                            revisions=schema_plan.revisions)
-
-
-def replay_script(migrator, renderer, steps, from_heads, to_heads):
-    """A :class:`~.replay.ReplayScript` for ``steps``, or ``None`` when one
-    of them cannot be rendered once for all tenants."""
-    steps_sql = []
-    for step in steps:
-        statements = renderer.render_step(step)
-        if statements is None:
-            return None
-        steps_sql.append((step.revision.revision, statements))
-    settings = migrator.settings
-    return ReplayScript(
-        steps_sql, from_heads, to_heads, settings.version_table,
-        version_table_ddl(migrator, renderer.dialect), settings.timeouts_sql)
+    def _read_under_lock(self, connection, schema):
+        """The schema's version, read once whoever ran it (the lost
+        connection's backend, still finishing) has let go of its lock."""
+        send_script(connection, ";\n".join([
+            "BEGIN", "SET LOCAL lock_timeout = '60s'",
+            tenant_lock_sql(schema), "COMMIT"]) + ";")
+        return self.migrator.read_versions(connection, [schema],
+                                           workers=1)[schema].heads
 
 
-def _replay_scripts(migrator, plan, renderer):
-    """Render each group of pending tenants once; return the tenants that
-    can replay (with their script) and those the Alembic path must run."""
-    scripts, replayable, online = {}, [], []
-    for schema_plan in plan.pending:
-        if not schema_plan.exists:
-            online.append(schema_plan)  # missing: reported or created there
-            continue
-        key = schema_plan.from_heads
-        if key not in scripts:
-            scripts[key] = replay_script(
-                migrator, renderer, schema_plan.steps,
-                schema_plan.from_heads, schema_plan.to_heads)
-        if scripts[key]:
-            replayable.append((schema_plan, scripts[key]))
-        else:
-            online.append(schema_plan)
-    return replayable, online
+def _revs(heads):
+    return ",".join(heads) if heads else "base"
 
 
-def execute_branch(migrator, plan, planner, *, as_sql=False, output=None,
-                   fail_fast=False, create_missing=False, progress=None,
-                   workers=None):
+def execute_branch(migrator, plan, planner, programs, **options):
     """Run ``plan``; return ``(BranchReport, reason the run stopped or
-    None)``. Tenant upgrades and downgrades replay rendered SQL on
-    ``workers`` connections where they can; the rest goes through the
-    project's ``env.py``."""
-    report = BranchReport(plan.branch, plan.operation, plan.destination)
-    for schema_plan in plan.current:
-        report.results.append(SchemaResult(
-            schema_plan.schema, UP_TO_DATE, schema_plan.from_heads,
-            schema_plan.to_heads))
-    for schema, reason in plan.unplannable.items():
-        report.results.append(SchemaResult(schema, FAILED, error=reason))
-
-    def on_result(result):
-        report.results.append(result)
-        if progress is not None:
-            progress(plan.branch, result)
-
-    pending, aborted = list(plan.pending), None
-    settings = migrator.settings
-    if (pending and plan.branch == "tenant" and not as_sql
-            and plan.operation in ("upgrade", "downgrade") and settings.replay):
-        replayable, pending = _replay_scripts(migrator, plan,
-                                              migrator.renderer)
-        if replayable:
-            pool = ReplayPool(
-                migrator, workers or settings.workers,
-                lock_retries=settings.lock_retries, fail_fast=fail_fast,
-                progress=on_result)
-            pool.run(replayable)
-            pending.extend(pool.handed_back)
-            aborted = pool.aborted
-            report.workers = pool.workers
-        if aborted or (fail_fast and report.failures):
-            for schema_plan in pending:
-                on_result(SchemaResult(
-                    schema_plan.schema, NOT_RUN, schema_plan.from_heads,
-                    schema_plan.to_heads,
-                    error=f"not attempted: {aborted or 'run stopped'}"))
-            pending = []
-    if not pending:
-        return report, aborted
-
-    job = BranchRun(migrator, plan, pending, as_sql=as_sql, output=output,
-                    fail_fast=fail_fast, create_missing=create_missing,
-                    progress=lambda branch, result: on_result(result))
-    config = migrator.alembic_config
-    config.attributes[JOB_KEY] = job
-    try:
-        with EnvironmentContext(
-            config, migrator.script, fn=planner, as_sql=as_sql,
-            destination_rev=plan.destination,
-        ):
-            migrator.script.run_env()
-    finally:
-        config.attributes.pop(JOB_KEY, None)
-    if not job.started:
-        raise ConfigurationError(
-            f"{migrator.script.dir}/env.py did not call "
-            "pyramid_tenantmigrate.environment.run_env(context): nothing was "
-            "migrated; see the env.py written by 'tenant-migrate <ini> init'"
-        )
-    return report, aborted or job.aborted
-
-
-def _replay_in_transaction(migrator, connection, schema, operation,
-                           destination):
-    """The fast path of :func:`migrate_in_transaction` (provisioning): the
-    whole history rendered once per process, run in one round trip."""
-    from .plan import heads_after
-    from .versions import read_schema_versions
-
-    version = read_schema_versions(
-        connection, [schema], migrator.settings.version_table,
-        commit=False)[schema]
-    planner = migrator.step_planner(operation, destination)
-    steps = planner.steps_for(version.heads)
-    if not steps:
-        return True
-    key = (operation, destination, version.heads)
-    script = migrator.replay_scripts.get(key)
-    if script is None:
-        script = replay_script(migrator, migrator.renderer, steps,
-                               version.heads,
-                               heads_after(version.heads, steps))
-        if script is None:
-            return False
-        migrator.replay_scripts[key] = script
-    raw = connection.connection.driver_connection
-    del raw.notices[:]
-    cursor = raw.cursor()
-    try:
-        cursor.execute(script.in_caller_transaction(schema))
-    except Exception as exc:
-        raise StepFailed(last_step(raw.notices), exc) from exc
-    finally:
-        cursor.close()
-    return True
-
-
-class StepFailed(Exception):
-    """A replayed migration failed; ``revision`` is the step that failed
-    (from the step notices), ``__cause__`` the database error."""
-
-    def __init__(self, revision, error):
-        self.revision = revision
-        self.pgcode = getattr(error, "pgcode", None)
-        super().__init__(" ".join(str(error).split()))
-
-
-class CallerTransactionRun:
-    """The job ``env.py`` runs to migrate one schema on a connection and in
-    a transaction that belong to the caller (a request, a test, a scratch
-    schema for autogenerate). Nothing is committed or rolled back here."""
-
-    def __init__(self, migrator, schema, branch, configure_extra=None):
-        self.migrator = migrator
-        self.schema = schema
-        self.branch = branch
-        self.configure_extra = configure_extra or {}
-        self.started = False
-
-    def run(self, env, configure_options):
-        self.started = True
-        connection = self.connection
-        settings = self.migrator.settings
-        previous = connection.exec_driver_sql("SHOW search_path").scalar()
-        connection.exec_driver_sql(search_path_sql(
-            self.schema, settings.extra_search_path))
-        try:
-            env.configure(
-                connection=connection,
-                version_table=settings.version_table,
-                version_table_schema=self.schema,
-                target_metadata=(settings.shared_metadata
-                                 if self.branch == "shared"
-                                 else settings.tenant_metadata),
-                **dict(configure_options, **self.configure_extra),
-            )
-            env.run_migrations()
-        except BaseException:
-            # The caller's transaction is aborted and will be rolled back,
-            # search_path with it; restoring it here would only raise
-            # "current transaction is aborted" and hide the real error.
-            raise
-        # SET LOCAL would outlive this call inside the caller's
-        # transaction; put the caller's search_path back.
-        connection.exec_driver_sql(
-            "SELECT set_config('search_path', %(path)s, true)",
-            {"path": previous})
+    None)``. See :class:`BranchExecution` for the options."""
+    return BranchExecution(migrator, plan, planner, programs,
+                           **options).run()
 
 
 def migrate_in_transaction(migrator, connection, schema, destination,
-                           operation="upgrade", fn=None,
-                           configure_extra=None):
-    """Run ``operation`` to ``destination`` for one schema on ``connection``,
-    inside the transaction the caller has begun; the caller commits or
-    rolls back. ``fn`` overrides Alembic's step function (autogenerate
-    passes its own). Raises whatever the migration raises."""
+                           operation="upgrade"):
+    """Run ``operation`` to ``destination`` for one schema on
+    ``connection``, inside the transaction the caller has begun; the caller
+    commits or rolls back. Replays what can replay (the program is made
+    once per migrator); raises :class:`ScriptFailed` or what Alembic
+    raises. Returns the heads the schema ends at."""
     from .plan import StepPlanner  # plan imports nothing from here
+    from .versions import read_schema_versions
 
     if not connection.in_transaction():
         raise RuntimeError("migrate_in_transaction needs a connection in a "
                            "transaction (call connection.begin() first)")
     branch = destination.partition("@")[0]
-    # The replay sends one string through psycopg2; a caller's session on
-    # another driver (the app's own engine) goes through Alembic instead.
-    if (fn is None and branch == "tenant" and migrator.settings.replay
-            and operation in ("upgrade", "downgrade")
-            and connection.dialect.driver == DRIVER
-            and _replay_in_transaction(migrator, connection, schema,
-                                       operation, destination)):
-        return
-    job = CallerTransactionRun(migrator, schema, branch, configure_extra)
-    job.connection = connection
-    config = migrator.alembic_config
-    config.attributes[JOB_KEY] = job
+    heads = read_schema_versions(
+        connection, [schema], migrator.settings.version_table,
+        commit=False)[schema].heads
+    steps = StepPlanner(migrator.script, operation, destination).steps_for(
+        heads)
+    if not steps:
+        return heads
+    from .plan import heads_after
+    program = migrator.programs.get(operation, heads, steps,
+                                    heads_after(heads, steps), branch)
+    # Provisioning happens when nobody can see the schema yet: blocks run
+    # in their transaction-safe form, in the caller's transaction.
+    run = SchemaRun(migrator, connection, schema, program, branch,
+                    own=False)
     try:
-        with EnvironmentContext(
-            config, migrator.script,
-            fn=fn or StepPlanner(migrator.script, operation, destination),
-            destination_rev=destination,
-        ):
-            migrator.script.run_env()
-    finally:
-        config.attributes.pop(JOB_KEY, None)
-    if not job.started:
-        raise ConfigurationError(
-            f"{migrator.script.dir}/env.py did not call run_env(context)")
+        return run.run()
+    except ScriptFailed:
+        raise
+    except Exception as exc:
+        raise ScriptFailed(exc, run.current) from exc

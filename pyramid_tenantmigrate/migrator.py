@@ -6,7 +6,9 @@ once, so the revision map is read once per run, not once per tenant), and
 knows where tenants come from. Commands in :mod:`.commands` take it as their
 first argument, the way Alembic's commands take a ``Config``.
 """
+import io
 import os
+import socket
 import traceback
 
 from alembic.config import Config
@@ -15,17 +17,17 @@ from pyramid.decorator import reify
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from .embedded import resolve_url
-from .plan import StepPlanner
-from .render import Renderer
+from .environment import read_env_options
 from .errors import ConfigurationError, DatabaseUnavailable
-from .replay import DRIVER
+from .program import Programs
+from .reserved import DRIVER
 from .settings import PREFIX, parse_settings, shown_url
 from .tenants import discover_tenant_schemas
 from .versions import read_schema_versions
 
-MIGRATOR_KEY = "tenantmigrate.migrator"
 
 def engine_url(url):
     """Return ``url`` (a settings string, checked by
@@ -96,7 +98,6 @@ class TenantMigrator:
         config.set_main_option("path_separator", "os")
         config.set_main_option("version_locations", os.pathsep.join(
             self.version_path(branch) for branch in ("shared", "tenant")))
-        config.attributes[MIGRATOR_KEY] = self
         return config
 
     @reify
@@ -125,28 +126,50 @@ class TenantMigrator:
         return f"in {self.script_location}"
 
     @reify
-    def renderer(self):
-        """Renders revisions to SQL, each once for this migrator."""
-        return Renderer(self)
+    def programs(self):
+        """What each group of schemas runs (:class:`~.program.Programs`),
+        kept for this migrator's life: capture runs once per group."""
+        return Programs(self, replay=self.settings.replay)
 
     @reify
-    def replay_scripts(self):
-        """Replay scripts kept for provisioning, by (operation, destination,
-        starting heads): provisioning many tenants renders once."""
+    def _env_options(self):
         return {}
 
-    def step_planner(self, operation, destination):
-        """A StepPlanner kept for this migrator's lifetime."""
-        planners = self.__dict__.setdefault("_planners", {})
-        key = (operation, destination)
-        if key not in planners:
-            planners[key] = StepPlanner(self.script, operation, destination)
-        return planners[key]
+    def env_options(self, as_sql=False):
+        """The options ``env.py`` gives ``run_env``, read once per mode."""
+        if as_sql not in self._env_options:
+            self._env_options[as_sql] = read_env_options(self, as_sql)
+        return self._env_options[as_sql]
 
-    def connect(self):
+    def version_table_ddl(self):
+        """Alembic's own ``CREATE TABLE IF NOT EXISTS`` for a version
+        table, with env.py's options (``version_table_pk``), unqualified:
+        run it with the schema on ``search_path``."""
+        from alembic.runtime.migration import MigrationContext
+        from sqlalchemy.dialects.postgresql import psycopg2 as dialect
+        from sqlalchemy.schema import CreateTable
+
+        options = self.env_options()
+        context = MigrationContext.configure(
+            dialect=dialect.dialect(), opts={
+                "as_sql": True, "output_buffer": io.StringIO(),
+                "version_table": self.settings.version_table,
+                "version_table_pk": options.get("version_table_pk", True)})
+        ddl = str(CreateTable(context._version).compile(
+            dialect=context.dialect)).strip()
+        return ddl.replace("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+
+    @reify
+    def run_engine(self):
+        """The engine of a run's own connections (lock, workers, reads):
+        no pool, so a run opens exactly what its workers need and never
+        waits for the app's pool."""
+        return create_engine(self.engine.url, poolclass=NullPool)
+
+    def connect(self, engine=None):
         """Open a connection, or raise DatabaseUnavailable saying why not."""
         try:
-            return self.engine.connect()
+            return (engine or self.engine).connect()
         except DBAPIError as exc:
             message = " ".join(str(exc.orig or exc).split())
             raise DatabaseUnavailable(
@@ -154,18 +177,40 @@ class TenantMigrator:
                 f"sqlalchemy.url / {PREFIX}url and that the server is running"
             ) from None
 
+    def run_connection(self, purpose="worker"):
+        """A connection of a run's own, in autocommit mode, named in
+        ``pg_stat_activity`` (``application_name``)."""
+        connection = self.connect(self.run_engine)
+        try:
+            connection = connection.execution_options(
+                isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql(
+                "SELECT set_config('application_name', %(name)s, false)",
+                {"name": f"tenant-migrate {purpose} pid={os.getpid()} "
+                         f"host={socket.gethostname()}"[:63]})
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def worker_connection(self):
+        """A run worker's connection (see :meth:`run_connection`)."""
+        return self.run_connection("worker")
+
     def read_versions(self, connection, schemas, workers=None):
         """Return ``{schema: SchemaVersion}`` for ``schemas``, read over up
         to ``workers`` connections (default: the ``workers`` setting)."""
         return read_schema_versions(
             connection, schemas, self.settings.version_table,
-            connect=self.connect, workers=workers or self.settings.workers)
+            connect=lambda: self.connect(self.run_engine),
+            workers=workers or self.settings.workers)
 
     def discover_tenants(self, connection):
         """Return the tenant schema names the configured source lists."""
         return discover_tenant_schemas(connection, self.settings)
 
     def close(self):
-        """Release the engine's pooled connections."""
-        if "engine" in self.__dict__:
-            self.engine.dispose()
+        """Release the engines' pooled connections."""
+        for name in ("engine", "run_engine"):
+            if name in self.__dict__:
+                self.__dict__[name].dispose()

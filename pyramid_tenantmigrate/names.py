@@ -10,6 +10,7 @@ use :func:`quote_schema`.
 import re
 
 from .errors import InvalidSchemaName
+from .reserved import SPARE_PREFIX
 
 #: PostgreSQL's NAMEDATALEN - 1: longer names are silently truncated by the
 #: server, which would make two tenants share a schema.
@@ -18,10 +19,6 @@ MAX_IDENTIFIER_BYTES = 63
 _PLAIN_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
 
 _RESERVED_SCHEMAS = frozenset({"information_schema", "public"})
-
-#: Spare tenant schemas (see spares.py) are named with this prefix; no
-#: tenant may be.
-SPARE_PREFIX = "tenantmigrate_spare_"
 
 
 def schema_name_problem(name, shared_schema="public"):

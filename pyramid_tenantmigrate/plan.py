@@ -28,10 +28,24 @@ STAMP = "stamp"
 
 def branch_has_revisions(script, branch):
     """Tell whether the revision map has a branch labelled ``branch``."""
+    return bool(branch_heads(script, branch))
+
+
+def branch_heads(script, branch):
+    """The revision ids at the head of ``branch``, sorted (empty when the
+    branch has no revision yet)."""
     try:
-        return bool(script.revision_map.get_revisions(f"{branch}@head"))
+        revisions = script.revision_map.get_revisions(f"{branch}@head")
     except (CommandError, ResolutionError):
-        return False
+        return ()
+    return tuple(sorted(r.revision for r in revisions))
+
+
+def is_relative(destination):
+    """Tell whether a destination moves relative to each schema
+    (``tenant@+1``, ``tenant@-2``)."""
+    position = destination.partition("@")[2] or destination
+    return any(sign in position for sign in "+-")
 
 
 def branch_of_revision(script, revision_id):
@@ -70,8 +84,7 @@ def resolve_destinations(script, operation, target):
 
 def _check_destination(script, branch, destination):
     position = destination.partition("@")[2] or destination
-    if position in ("head", "heads", "base") or any(
-            sign in position for sign in "+-"):
+    if position in ("head", "heads", "base") or is_relative(destination):
         return  # relative positions are resolved against each schema
     try:
         revisions = script.get_revisions(destination)
@@ -138,9 +151,11 @@ class BranchPlan:
     """Everything a branch's part of a run will do.
 
     ``pending`` schemas have steps to run; ``current`` ones are already at the
-    destination; ``unplannable`` maps a schema to the reason its steps could
-    not be computed (e.g. its version table names a revision that no longer
-    exists).
+    destination; ``ahead`` ones are past an upgrade's destination (upgrade
+    does not go down); ``unplannable`` maps a schema to the reason its
+    steps could not be computed (e.g. its version table names a revision
+    that no longer exists); ``unreadable`` to why its version could not be
+    read.
     """
 
     branch: str
@@ -148,7 +163,9 @@ class BranchPlan:
     destination: str
     pending: list = field(default_factory=list)
     current: list = field(default_factory=list)
+    ahead: list = field(default_factory=list)
     unplannable: dict = field(default_factory=dict)
+    unreadable: dict = field(default_factory=dict)
 
 
 class StepPlanner:
@@ -199,26 +216,55 @@ def plan_branch(planner, branch, versions, schemas):
     :class:`~pyramid_tenantmigrate.versions.SchemaVersion`.
     """
     plan = BranchPlan(branch, planner.operation, planner.destination)
+    heads = branch_heads(planner.script, branch)
+    target = _absolute_heads(planner)
     for schema in schemas:
         version = versions[schema]
+        if version.problem is not None:
+            plan.unreadable[schema] = version.problem
+            continue
+        schema_plan = SchemaPlan(schema, version.heads, version.heads, (),
+                                 exists=version.exists)
         try:
             steps = planner.steps_for(version.heads)
         except Exception as exc:
-            plan.unplannable[schema] = (
-                f"cannot plan {planner.operation} to "
-                f"{planner.destination} from "
-                f"{','.join(version.heads) or 'base'}: {exc}"
-            )
+            if _nothing_beyond(planner, version.heads, heads):
+                plan.current.append(schema_plan)
+            else:
+                plan.unplannable[schema] = (
+                    f"cannot plan {planner.operation} to "
+                    f"{planner.destination} from "
+                    f"{','.join(version.heads) or 'base'}: {exc}")
             continue
-        schema_plan = SchemaPlan(
-            schema=schema,
-            from_heads=version.heads,
-            to_heads=heads_after(version.heads, steps),
-            steps=steps,
-            exists=version.exists,
-        )
         if steps:
+            schema_plan.steps = steps
+            schema_plan.to_heads = heads_after(version.heads, steps)
             plan.pending.append(schema_plan)
+        elif (planner.operation == UPGRADE and target is not None
+              and version.heads and set(version.heads) != set(target)):
+            plan.ahead.append(schema_plan)
         else:
             plan.current.append(schema_plan)
     return plan
+
+
+def _absolute_heads(planner):
+    """The revision ids an absolute destination names, or ``None``."""
+    if is_relative(planner.destination):
+        return None
+    try:
+        return tuple(sorted(r.revision for r in
+                            planner.script.get_revisions(planner.destination)
+                            if r is not None))
+    except Exception:
+        return None
+
+
+def _nothing_beyond(planner, current, heads):
+    """A relative step past the end: ``tenant@+1`` at the head, or
+    ``tenant@-1`` at base, has nothing to do (not an error)."""
+    if not is_relative(planner.destination):
+        return False
+    if planner.operation == UPGRADE:
+        return bool(heads) and set(current) == set(heads)
+    return planner.operation == DOWNGRADE and not current

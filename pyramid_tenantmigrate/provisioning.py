@@ -13,23 +13,24 @@ gone then). Without a connection it opens and commits its own transaction.
 :func:`drop_tenant` is the explicit opposite; nothing here drops a schema
 implicitly.
 """
-import threading
+import logging
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from .capture import describe_error
 from .errors import ProvisioningFailed, TenantExists, TenantNotFound
 from .events import TenantCreated, TenantDropped
-from .execute import migrate_in_transaction
+from .execute import ScriptFailed, migrate_in_transaction
 from .names import quote_schema, validate_schema_name
+from .plan import TENANT, branch_heads
+from .reserved import PROVISIONING_LOCK, lock_key
 from .sessions import tenant_execution_options
 from .spares import claim_spare
+from .sql import tenant_lock_sql
+from .tenanthead import older_than_recorded, recorded_tenant_head
 
-#: Alembic's ``op`` and ``context`` are module globals: two migrations in
-#: two threads of one process (two sign-ups served by waitress threads)
-#: would run in each other's context. Every migration this package runs
-#: inside a process holds this lock.
-ALEMBIC_LOCK = threading.RLock()
+log = logging.getLogger(__name__)
 
 _SCHEMA_EXISTS = text(
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace "
@@ -132,10 +133,20 @@ def _notify(event):
 
 
 def _create(migrator, schema, connection, registry, request, dbsession):
+    # Held until the caller commits: a run's last look at the tenant list
+    # waits for this tenant to be there (see run.py).
+    connection.exec_driver_sql(
+        f"SELECT pg_advisory_xact_lock_shared({PROVISIONING_LOCK}, "
+        f"{lock_key(migrator.shared_schema)})")
     if schema_exists(connection, schema):
         raise TenantExists(schema)
+    own_heads = branch_heads(migrator.script, TENANT)
+    newer = older_than_recorded(
+        own_heads, recorded_tenant_head(connection, migrator.shared_schema))
     try:
-        if not claim_spare(migrator, connection, schema):
+        claimed = claim_spare(migrator, connection, schema,
+                              heads=newer or own_heads)
+        if not claimed:
             connection.exec_driver_sql(
                 f"CREATE SCHEMA {quote_schema(schema)}")
     except DBAPIError as exc:
@@ -143,13 +154,27 @@ def _create(migrator, schema, connection, registry, request, dbsession):
         if getattr(exc.orig, "pgcode", None) == _DUPLICATE_SCHEMA:
             raise TenantExists(schema) from None
         raise
+    connection.exec_driver_sql(tenant_lock_sql(schema))
     saved_options = connection.get_execution_options()
     try:
         # The migration relies on search_path, as in tenant-migrate runs;
         # a translate map left by a tenant-scoped session would send its
         # tables elsewhere.
         connection.execution_options(schema_translate_map=None)
-        _migrate(migrator, schema, connection)
+        if newer and claimed:
+            log.info("tenant %s made from a spare at the database's tenant "
+                     "head %s (this app's code is at %s)", schema,
+                     ",".join(newer), ",".join(own_heads))
+        else:
+            _migrate(migrator, schema, connection)
+            if newer:
+                log.warning(
+                    "tenant %s was created at %s, behind the database's "
+                    "tenant head %s: this app's code is older than the "
+                    "database (a deploy in progress?) and no spare schema "
+                    "was ready. The upgrade still running migrates it; "
+                    "otherwise run 'tenant-migrate <ini> upgrade'",
+                    schema, ",".join(own_heads), ",".join(newer))
         connection.execution_options(**tenant_execution_options(schema))
         _notify(TenantCreated(schema, connection, migrator,
                               _registry(registry, request), request,
@@ -164,51 +189,11 @@ def _create(migrator, schema, connection, registry, request, dbsession):
 
 
 def _migrate(migrator, schema, connection):
-    applied = []
-
-    def count_applied(ctx, step, heads, run_args):
-        applied.append(step)
-
-    with ALEMBIC_LOCK:
-        try:
-            migrate_in_transaction(
-                migrator, connection, schema, "tenant@head",
-                configure_extra={"on_version_apply": [count_applied]})
-        except Exception as exc:
-            error = _root_error(exc)
-            # The replay path names the failing step itself; Alembic's
-            # path is counted with on_version_apply.
-            revision = getattr(exc, "revision", None) or _failed_revision(
-                migrator, len(applied))
-            raise ProvisioningFailed(
-                schema, revision,
-                " ".join(str(error).split()) or type(error).__name__,
-            ) from exc
-
-
-_IN_FAILED_TRANSACTION = "25P02"
-
-
-def _root_error(exc):
-    """The error that failed the migration, not a later "current
-    transaction is aborted" raised while cleaning up after it."""
-    seen = exc
-    while seen is not None:
-        orig = seen.orig if isinstance(seen, DBAPIError) else seen
-        if getattr(orig, "pgcode", None) != _IN_FAILED_TRANSACTION:
-            return orig
-        seen = seen.__context__
-    return exc.orig if isinstance(exc, DBAPIError) else exc
-
-
-def _failed_revision(migrator, applied_count):
-    """The revision after the ``applied_count`` that went through."""
     try:
-        revisions = list(reversed(list(
-            migrator.script.iterate_revisions("tenant@head", "base"))))
-        return revisions[applied_count].revision
-    except Exception:
-        return None
+        migrate_in_transaction(migrator, connection, schema, "tenant@head")
+    except ScriptFailed as exc:
+        raise ProvisioningFailed(schema, exc.revision,
+                                 describe_error(exc.error)) from exc
 
 
 def _drop(migrator, schema, connection, registry, request, dbsession):

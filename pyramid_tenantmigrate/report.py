@@ -17,6 +17,13 @@ FAILED = "failed"
 NOT_RUN = "not-run"
 REJECTED = "rejected"
 MISSING = "missing"
+#: Past an upgrade's target: nothing was done, upgrade does not go down.
+AHEAD = "ahead"
+#: The deploy role cannot read the schema or its version table.
+UNREADABLE = "unreadable"
+#: The connection was lost while the schema's transaction committed, and
+#: the database could not be asked how it ended.
+UNKNOWN = "unknown"
 
 SUCCESS_STATUSES = frozenset({DONE, UP_TO_DATE, RENDERED})
 
@@ -37,14 +44,18 @@ class SchemaResult:
     error: str = None
     failed_revision: str = None
     duration: float = 0.0
-    lock_timeout: bool = field(default=False, repr=False)
+    #: Something worth knowing about a success (e.g. another process
+    #: migrated the schema meanwhile).
+    note: str = None
+    #: ``{revision: "replay" | "alembic"}``: how each revision ran.
+    paths: dict = field(default=None, repr=False)
 
     @property
     def ok(self):
         return self.status in SUCCESS_STATUSES
 
     def to_dict(self):
-        return {
+        document = {
             "schema": self.schema,
             "status": self.status,
             "from": list(self.from_heads),
@@ -54,6 +65,11 @@ class SchemaResult:
             "failed_revision": self.failed_revision,
             "duration_ms": round(self.duration * 1000, 3),
         }
+        if self.note:
+            document["note"] = self.note
+        if self.paths:
+            document["paths"] = self.paths
+        return document
 
 
 @dataclass
@@ -66,9 +82,9 @@ class BranchReport:
     results: list = field(default_factory=list)
     note: str = None
     workers: int = 1
-
-    def count(self, status):
-        return sum(1 for r in self.results if r.status == status)
+    #: What went wrong around the schemas (connections that could not be
+    #: opened), for the report.
+    warnings: list = field(default_factory=list)
 
     @property
     def failures(self):
@@ -89,6 +105,7 @@ class BranchReport:
             "destination": self.destination,
             "note": self.note,
             "workers": self.workers,
+            "warnings": self.warnings,
             "counts": counts,
             "schemas": [r.to_dict() for r in self.results],
         }
@@ -110,6 +127,9 @@ class RunReport:
     #: A :class:`~pyramid_tenantmigrate.spares.SpareReport` when the run
     #: topped up the spare schemas.
     spares: object = None
+    #: Things that went wrong around the schemas (a run record that could
+    #: not be written).
+    warnings: list = field(default_factory=list)
 
     @property
     def ok(self):
@@ -133,6 +153,8 @@ class RunReport:
             "started": self.started.isoformat(),
             "finished": self.finished.isoformat() if self.finished else None,
             "aborted": self.aborted,
+            "warnings": self.warnings + [
+                w for b in self.branches for w in b.warnings],
             "branches": [b.to_dict() for b in self.branches],
             "spares": self.spares.to_dict() if self.spares else None,
         }
@@ -145,19 +167,29 @@ class RunReport:
         return f"tenant-migrate {ini} {self.command} {selection}".rstrip()
 
     def failure_summary(self):
-        """A few lines naming each failed schema, its revision and error."""
+        """A few lines naming each failed schema, its revision and error;
+        schemas that failed the same way are grouped."""
         lines = []
         if self.aborted:
             lines.append(f"run stopped: {self.aborted}")
+        groups = {}
         for branch, result in self.failures:
             if result.status == NOT_RUN:
                 continue
-            where = f" at revision {result.failed_revision}" if (
-                result.failed_revision) else ""
-            lines.append(
-                f"FAILED {branch.branch} schema {result.schema}{where}: "
-                f"{result.error}"
-            )
+            key = (branch.branch, result.status, result.failed_revision,
+                   result.error)
+            groups.setdefault(key, []).append(result.schema)
+        for (branch, status, revision, error), schemas in groups.items():
+            where = f" at revision {revision}" if revision else ""
+            label = "FAILED" if status == FAILED else status.upper()
+            if len(schemas) == 1:
+                who = f"{branch} schema {schemas[0]}"
+            else:
+                shown = ", ".join(schemas[:5]) + (
+                    f" and {len(schemas) - 5} more" if len(schemas) > 5
+                    else "")
+                who = f"{len(schemas)} {branch} schemas ({shown})"
+            lines.append(f"{label} {who}{where}: {error}")
         not_run = [r.schema for _, r in self.failures if r.status == NOT_RUN]
         if not_run:
             lines.append(
@@ -167,14 +199,16 @@ class RunReport:
             )
         failed_tenants = [
             r.schema for b, r in self.failures
-            if b.branch == "tenant" and r.status in (FAILED, NOT_RUN)
+            if b.branch == "tenant" and r.status in (FAILED, NOT_RUN, UNKNOWN)
         ]
         if failed_tenants:
             lines.append(
                 "Each failed tenant was rolled back and is still at its "
-                "previous revision. Fix the cause, then re-run: "
-                + self._retry_hint(failed_tenants)
-            )
+                "previous revision, unless its error says otherwise. Fix the "
+                "cause, then re-run: " + self._retry_hint(failed_tenants)
+                + (f" (or: tenant-migrate {self.config_uri or '<ini>'} "
+                   f"{self.command} --retry-failed)"
+                   if len(failed_tenants) > 5 else ""))
         return "\n".join(lines)
 
     def render_text(self):
@@ -184,6 +218,9 @@ class RunReport:
             lines.append(_render_branch(branch))
         if self.spares is not None:
             lines.append(self.spares.render_text())
+        for warning in self.warnings + [
+                w for b in self.branches for w in b.warnings]:
+            lines.append(f"warning: {warning}")
         if not self.ok:
             lines.append(self.failure_summary())
         return "\n".join(line for line in lines if line)
@@ -206,8 +243,8 @@ def _render_branch(branch):
     counts = branch.counts()
     total = len(branch.results)
     parts = [f"{counts[s]} {s}" for s in (
-        DONE, RENDERED, UP_TO_DATE, FAILED, MISSING, REJECTED, NOT_RUN
-    ) if counts.get(s)]
+        DONE, RENDERED, UP_TO_DATE, FAILED, UNKNOWN, UNREADABLE, AHEAD,
+        MISSING, REJECTED, NOT_RUN) if counts.get(s)]
     return (f"tenants: {total} selected, {branch.operation} to "
             f"{branch.destination}: " + (", ".join(parts) or "none"))
 
@@ -225,6 +262,10 @@ class BranchStatus:
     head: tuple
     schemas: list = field(default_factory=list)
     rejected: dict = field(default_factory=dict)
+    #: Schemas whose version could not be read: the reason and the fix.
+    unreadable: dict = field(default_factory=dict)
+    #: Why the branch's schemas could not be listed at all.
+    note: str = None
 
     def to_dict(self):
         return {
@@ -235,6 +276,8 @@ class BranchStatus:
                 for s, h, b, e in self.schemas
             ],
             "rejected": self.rejected,
+            "unreadable": self.unreadable,
+            "note": self.note,
         }
 
 
@@ -248,10 +291,12 @@ class StatusReport:
 
     @property
     def behind(self):
-        """Schemas that are not at their branch's head."""
+        """Schemas that are not at their branch's head (unreadable ones
+        included: nobody can tell they are)."""
         return [(b.branch, s) for b in self.branches
                 for s, _, behind, exists in b.schemas
-                if behind or not exists]
+                if behind or not exists] + [
+            (b.branch, s) for b in self.branches for s in b.unreadable]
 
     def to_dict(self):
         return {"branches": [b.to_dict() for b in self.branches],
@@ -265,6 +310,9 @@ class StatusReport:
                 for schema, heads, behind, exists in branch.schemas:
                     lines.append(f"shared ({schema}): {_revs(heads)}"
                                  + _position(heads, branch.head, behind))
+                continue
+            if branch.note:
+                lines.append(f"tenants: cannot be listed: {branch.note}")
                 continue
             lines.append(f"tenants: {len(branch.schemas)} "
                          f"(tenant head {head})")
@@ -288,6 +336,8 @@ class StatusReport:
                         schemas) > 5 else ""
                     lines.append(f"  {label}: {len(schemas)} "
                                  f"({shown}{more})")
+            for name, reason in branch.unreadable.items():
+                lines.append(f"  unreadable {name}: {reason}")
             for name, reason in branch.rejected.items():
                 lines.append(f"  rejected {name!r}: {reason}")
         if self.spares is not None:

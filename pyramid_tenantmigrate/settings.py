@@ -6,7 +6,9 @@ into a :class:`MigrateSettings`; a bad value raises
 :class:`~pyramid_tenantmigrate.errors.ConfigurationError` naming the
 setting.
 """
+import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from pyramid.path import AssetResolver, DottedNameResolver
@@ -17,8 +19,8 @@ from sqlalchemy.exc import ArgumentError
 
 from .embedded import is_embedded_url
 from .errors import ConfigurationError
-from .names import schema_name_problem
-from .replay import DRIVER
+from .names import MAX_IDENTIFIER_BYTES, schema_name_problem
+from .reserved import DRIVER, OWN_TABLES
 
 PREFIX = "tenantmigrate."
 
@@ -53,6 +55,18 @@ def _strict_bool(value):
 
 _DURATION_UNITS = {"ms": 1, "s": 1000, "min": 60000, "h": 3600000}
 
+#: The largest timeout PostgreSQL takes (an int of milliseconds), and the
+#: longest wait in seconds that can be handed to it.
+MAX_TIMEOUT_MS = 2**31 - 1
+MAX_WAIT_SECONDS = MAX_TIMEOUT_MS // 1000
+
+
+def _finite(text):
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
 
 def _milliseconds(value):
     """A PostgreSQL-style duration ("3s", "500ms", "2min", "0") in ms."""
@@ -61,10 +75,24 @@ def _milliseconds(value):
     unit = text[len(number):].strip() or "ms"
     if unit not in _DURATION_UNITS or not number.strip():
         raise ValueError("expected a duration such as 500ms, 3s or 2min")
-    result = int(float(number) * _DURATION_UNITS[unit])
+    result = int(_finite(number) * _DURATION_UNITS[unit])
     if result < 0:
         raise ValueError("must not be negative")
+    if result > MAX_TIMEOUT_MS:
+        raise ValueError(f"PostgreSQL takes at most {MAX_TIMEOUT_MS} ms "
+                         "(about 24 days); 0 turns the timeout off")
     return result
+
+
+def wait_seconds(value):
+    """Seconds to wait for a lock: finite, 0 or more, within what
+    PostgreSQL's lock_timeout can express."""
+    seconds = _finite(value)
+    if seconds < 0:
+        raise ValueError("must be 0 or more seconds")
+    if seconds > MAX_WAIT_SECONDS:
+        raise ValueError(f"at most {MAX_WAIT_SECONDS} seconds")
+    return seconds
 
 
 def _non_negative_int(value):
@@ -78,11 +106,40 @@ def _aslist_flat(value):
     return aslist(value, flatten=True)
 
 
-def _seconds(value):
-    seconds = float(value)
-    if seconds < 0:
-        raise ValueError("must be 0 or more seconds")
-    return seconds
+def _regex(value):
+    text = _text(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return text
+
+
+def _version_table(value):
+    name = _text(value)
+    if name in OWN_TABLES:
+        raise ValueError("that name is one of pyramid_tenantmigrate's own "
+                         "tables")
+    if len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES or "\x00" in name:
+        raise ValueError(f"a table name has at most "
+                         f"{MAX_IDENTIFIER_BYTES} bytes and no NUL")
+    return name
+
+
+_QUOTED_OR_COMMENT = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/"
+    r"|(\$[A-Za-z_]*\$).*?\1", re.S)
+
+
+def _single_query(value):
+    """One SQL query: a second statement after a ``;`` is refused (the
+    tenant source runs on the deploy role's connection)."""
+    text = _text(value)
+    unquoted = _QUOTED_OR_COMMENT.sub(" ", text)
+    if ";" in unquoted.strip().rstrip(";"):
+        raise ValueError("holds more than one statement; give one query "
+                         "returning schema names")
+    return text
 
 
 #: What the app does about migrations when it is created (``pserve``).
@@ -113,11 +170,11 @@ SETTINGS = (
     # The schema that holds shared tables and the shared branch's version.
     ("shared_schema", _text, "public"),
     # Name of the version table, in the shared schema and in every tenant.
-    ("version_table", _text, "alembic_version"),
+    ("version_table", _version_table, "alembic_version"),
     # Where tenants come from (one of these four):
-    ("tenant_schemas_query", _text, None),
+    ("tenant_schemas_query", _single_query, None),
     ("tenant_schema_prefix", _text, None),
-    ("tenant_schema_pattern", _text, None),
+    ("tenant_schema_pattern", _regex, None),
     ("tenant_source", _text, None),
     # Schemas searched after the tenant's own while its revisions run, e.g.
     # the schema holding extensions (citext, uuid-ossp).
@@ -129,7 +186,7 @@ SETTINGS = (
     ("fail_fast", _strict_bool, False),
     # Seconds a run waits for another run's lock; 0 exits at once naming
     # the holder.
-    ("lock_wait", float, 0.0),
+    ("lock_wait", wait_seconds, 0.0),
     # Parallel connections for tenant migrations (replayed revisions).
     ("workers", _positive_int, 4),
     # Render each revision once and replay its SQL per tenant where it can;
@@ -148,7 +205,7 @@ SETTINGS = (
     ("startup", _startup_mode, "off"),
     # Seconds a starting process waits for another process's migration run
     # before refusing to start.
-    ("startup_lock_wait", _seconds, 300.0),
+    ("startup_lock_wait", wait_seconds, 300.0),
 )
 
 
@@ -180,12 +237,6 @@ class MigrateSettings:
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def timeouts_sql(self):
-        """``SET LOCAL`` statements for the per-tenant limits."""
-        return (f"SET LOCAL lock_timeout = {int(self.lock_timeout)}; "
-                f"SET LOCAL statement_timeout = {int(self.statement_timeout)};")
-
-    @property
     def tenant_source_setting(self):
         """The name of the tenant source setting in use, or ``None``."""
         for name in TENANT_SOURCE_SETTINGS:
@@ -203,7 +254,7 @@ def _coerce(settings):
             continue
         try:
             values[name] = convert(raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ConfigurationError(
                 f"setting {PREFIX}{name} = {raw!r} is not valid: {exc}"
             ) from None

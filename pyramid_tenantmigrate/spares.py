@@ -27,10 +27,12 @@ import uuid
 
 from sqlalchemy import text
 
+from .execute import migrate_in_transaction
 from .locking import RunLock
-from .names import SPARE_PREFIX, quote_schema
-
-TABLE = "tenantmigrate_spares"
+from .names import quote_schema
+from .plan import TENANT, branch_heads
+from .reserved import SPARE_PREFIX
+from .reserved import SPARES_TABLE as TABLE
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -48,8 +50,7 @@ def spares_table(shared_schema):
 
 def tenant_heads(migrator):
     """The tenant branch's head revisions, as stored in version tables."""
-    return sorted(rev.revision for rev in
-                  migrator.script.revision_map.get_revisions("tenant@head"))
+    return list(branch_heads(migrator.script, TENANT))
 
 
 def _table_exists(connection, migrator):
@@ -58,9 +59,10 @@ def _table_exists(connection, migrator):
         {"name": spares_table(migrator.shared_schema)}).scalar()
 
 
-def claim_spare(migrator, connection, schema):
-    """Rename a spare made at the tenant head to ``schema``, inside the
-    transaction open on ``connection``; return whether there was one."""
+def claim_spare(migrator, connection, schema, heads=None):
+    """Rename a spare made at ``heads`` (default: the tenant head) to
+    ``schema``, inside the transaction open on ``connection``; return
+    whether there was one."""
     if migrator.settings.spare_schemas <= 0:
         return False
     # Without the table, or without the rights to take a row from it (an
@@ -86,7 +88,7 @@ def claim_spare(migrator, connection, schema):
         "   ORDER BY s.created, s.schema_name"
         "   LIMIT 1 FOR UPDATE OF s SKIP LOCKED"
         ") RETURNING schema_name"), {
-            "heads": tenant_heads(migrator),
+            "heads": sorted(heads or tenant_heads(migrator)),
             "prefix": SPARE_PREFIX,
         }).scalar()
     if spare is None:
@@ -123,6 +125,15 @@ class SpareReport:
         return {"created": self.created, "dropped": self.dropped,
                 "ready": self.ready, "error": self.error}
 
+    def after(self, earlier):
+        """This report, with what an ``earlier`` fill of the same run did
+        in front of it."""
+        if earlier is not None:
+            self.created = earlier.created + self.created
+            self.dropped = earlier.dropped + self.dropped
+            self.error = self.error or earlier.error
+        return self
+
     def render_text(self):
         if self.error:
             return (f"spares: not filled: {self.error}; run "
@@ -153,10 +164,6 @@ def fill_spares(migrator, count=None, lock_wait=None, locked=False):
 
 
 def _fill(migrator, count):
-    # Imported here: provisioning imports this module.
-    from .provisioning import ALEMBIC_LOCK
-    from .execute import migrate_in_transaction
-
     report = SpareReport()
     table = spares_table(migrator.shared_schema)
     heads = tenant_heads(migrator)
@@ -198,9 +205,8 @@ def _fill(migrator, count):
             with connection.begin():
                 connection.exec_driver_sql(
                     f"CREATE SCHEMA {quote_schema(name)}")
-                with ALEMBIC_LOCK:
-                    migrate_in_transaction(migrator, connection, name,
-                                           "tenant@head")
+                migrate_in_transaction(migrator, connection, name,
+                                       "tenant@head")
                 connection.execute(text(
                     f"INSERT INTO {table} (schema_name, heads) "
                     "VALUES (:name, CAST(:heads AS text[]))"),

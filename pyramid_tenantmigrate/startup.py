@@ -19,8 +19,8 @@ waiting). Only a process that finds work calls
 :func:`~pyramid_tenantmigrate.commands.upgrade`, which takes the run's
 advisory lock and plans from versions read *after* taking it: the first
 process migrates, the others wait for it, then find nothing left to do.
-Within one process, migrations are serialized by
-:data:`~pyramid_tenantmigrate.provisioning.ALEMBIC_LOCK` (Alembic's ``op``
+Within one process, Alembic code is serialized by
+:data:`~pyramid_tenantmigrate.environment.ALEMBIC_LOCK` (Alembic's ``op``
 and ``context`` are process globals).
 """
 import contextlib
@@ -31,7 +31,6 @@ from sqlalchemy.exc import DBAPIError
 from . import commands
 from .errors import StartupRefused
 from .locking import RunLocked
-from .provisioning import ALEMBIC_LOCK
 from .settings import PREFIX
 
 log = logging.getLogger(__name__)
@@ -132,16 +131,15 @@ def run_startup(migrator, mode=None, lock_wait=None, config_uri=None):
 
     target = "shared" if mode == "shared" else "heads"
     log.info("tenantmigrate.startup = %s: upgrading to %s", mode, target)
-    with ALEMBIC_LOCK:
-        try:
-            # upgrade() takes the run lock and re-reads every version after
-            # taking it: a process that waited here finds nothing to do.
-            report = commands.upgrade(migrator, target, lock_wait=lock_wait,
-                                      config_uri=config_uri)
-        except RunLocked as exc:
-            raise StartupRefused(
-                f"{PREFIX}startup = {mode}: {exc} (waited "
-                f"{PREFIX}startup_lock_wait = {lock_wait:g}s)") from None
+    try:
+        # upgrade() takes the run lock and re-reads every version after
+        # taking it: a process that waited here finds nothing to do.
+        report = commands.upgrade(migrator, target, lock_wait=lock_wait,
+                                  config_uri=config_uri)
+    except RunLocked as exc:
+        raise StartupRefused(
+            f"{PREFIX}startup = {mode}: {exc} (waited "
+            f"{PREFIX}startup_lock_wait = {lock_wait:g}s)") from None
     if not report.ok:
         raise StartupRefused(
             f"{PREFIX}startup = {mode}: the upgrade failed, so the app does "

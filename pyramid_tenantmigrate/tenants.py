@@ -10,10 +10,17 @@ import zlib
 from dataclasses import dataclass, field
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
-from .errors import ConfigurationError, UsageError
-from .names import SPARE_PREFIX, schema_name_problem
+from .errors import ConfigurationError, TenantSourceUnavailable, UsageError
+from .names import schema_name_problem
+from .reserved import SPARE_PREFIX
+from .retry import sqlstate
 from .settings import PREFIX
+
+#: SQLSTATEs of a source that queries what does not exist yet (a tenants
+#: table the shared branch has not created): not the setting's fault.
+_NOT_THERE_YET = frozenset({"42P01", "3F000", "42703"})
 
 # Catalog sources never list PostgreSQL's own schemas, nor spares.
 _CATALOG_QUERY = """
@@ -38,7 +45,10 @@ def discover_tenant_schemas(connection, settings):
 
     Names are returned as the source gave them, duplicates removed, in a
     stable order; validation is :func:`select_tenants`' job so that a bad
-    name can be reported rather than silently dropped.
+    name can be reported rather than silently dropped. A source that
+    cannot work is a :class:`~.errors.ConfigurationError` naming its
+    setting; one that queries a table not created yet is
+    :class:`~.errors.TenantSourceUnavailable`.
     """
     which = settings.tenant_source_setting
     if which is None:
@@ -47,19 +57,70 @@ def discover_tenant_schemas(connection, settings):
             f"{PREFIX}tenant_schemas_query, {PREFIX}tenant_schema_prefix, "
             f"{PREFIX}tenant_schema_pattern or {PREFIX}tenant_source"
         )
-    if which == "tenant_schemas_query":
-        rows = connection.execute(text(settings.tenant_schemas_query))
-        names = [row[0] for row in rows]
-    elif which == "tenant_schema_prefix":
-        names = _catalog_names(
-            connection, settings, "left(nspname, length(:prefix)) = :prefix",
-            prefix=settings.tenant_schema_prefix)
-    elif which == "tenant_schema_pattern":
-        names = _catalog_names(connection, settings, "nspname ~ :pattern",
-                               pattern=settings.tenant_schema_pattern)
-    else:
-        names = list(settings.tenant_source(connection))
+    try:
+        if which == "tenant_schemas_query":
+            # A subquery: one SELECT, never a second statement or DML.
+            query = settings.tenant_schemas_query.strip().rstrip(";")
+            # no_parameters: a '%' in the query is not a placeholder.
+            rows = connection.execution_options(
+                no_parameters=True).exec_driver_sql(
+                f"SELECT * FROM (\n{query}\n) AS tenantmigrate_tenants")
+            names = [row[0] for row in rows]
+        elif which == "tenant_schema_prefix":
+            names = _catalog_names(
+                connection, settings,
+                "left(nspname, length(:prefix)) = :prefix",
+                prefix=settings.tenant_schema_prefix)
+        elif which == "tenant_schema_pattern":
+            names = _catalog_names(connection, settings, "nspname ~ :pattern",
+                                   pattern=settings.tenant_schema_pattern)
+        else:
+            names = _from_callable(settings.tenant_source, connection)
+    except DBAPIError as exc:
+        _rollback(connection)
+        message = " ".join(str(exc.orig or exc).split())
+        if sqlstate(exc) in _NOT_THERE_YET:
+            raise TenantSourceUnavailable(
+                f"the tenant source ({PREFIX}{which}) failed: {message}; if "
+                "it reads a table of the shared branch, run 'tenant-migrate "
+                "<ini> upgrade shared' first") from None
+        raise ConfigurationError(
+            f"setting {PREFIX}{which} does not work: {message}") from None
+    if not all(isinstance(name, str) for name in names):
+        bad = next(name for name in names if not isinstance(name, str))
+        raise ConfigurationError(
+            f"setting {PREFIX}{which} gave {bad!r} ({type(bad).__name__}); "
+            "tenant schema names are strings")
     return list(dict.fromkeys(names))
+
+
+def _from_callable(source, connection):
+    """What a tenant source callable returns, checked: an iterable of
+    strings (not a string itself, whose letters would be taken for
+    schemas)."""
+    name = f"{PREFIX}tenant_source"
+    try:
+        result = source(connection)
+        if isinstance(result, (str, bytes)) or result is None or not hasattr(
+                result, "__iter__"):
+            raise ConfigurationError(
+                f"setting {name} returned {type(result).__name__} "
+                f"{result!r:.60}; it must return a list of schema names")
+        return list(result)
+    except (ConfigurationError, DBAPIError):
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"setting {name} raised {type(exc).__name__}: {exc}; nothing "
+            "was run") from None
+
+
+def _rollback(connection):
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+    except Exception:
+        pass
 
 
 @dataclass

@@ -45,9 +45,15 @@ BATCH_SIZE = 250
 _RETRIES = 3
 
 _UNDEFINED_TABLE = "42P01"
+_INSUFFICIENT_PRIVILEGE = "42501"
 
+# The privileges come with the catalog answer, so that a schema this role
+# cannot read is reported by name instead of failing its whole batch.
 _CATALOG = text("""
-SELECT s.name, n.oid IS NOT NULL, c.oid IS NOT NULL
+SELECT s.name, n.oid IS NOT NULL, c.oid IS NOT NULL,
+       n.oid IS NULL OR pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
+       c.oid IS NULL OR pg_catalog.has_table_privilege(c.oid, 'SELECT'),
+       pg_catalog.pg_get_userbyid(n.nspowner), current_user
 FROM unnest(CAST(:schemas AS text[])) AS s(name)
 LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 LEFT JOIN pg_catalog.pg_class c
@@ -62,13 +68,22 @@ class SchemaVersion:
 
     ``heads`` is a sorted tuple of revision ids, empty at base (no version
     table, or an empty one). ``exists`` is False when the schema itself is
-    missing.
+    missing. ``problem`` says why the version could not be read (the role
+    may not read the schema), with the fix; ``heads`` is then empty.
     """
 
     schema: str
     exists: bool
     heads: tuple
     has_version_table: bool
+    problem: str = None
+
+
+def unreadable_problem(schema, owner, role, what):
+    """Why ``role`` cannot read ``schema``, and the GRANT that fixes it."""
+    return (f"permission denied: the role {role} may not read {what} "
+            f"(owned by {owner}); to migrate a schema a role must own its "
+            f"tables or be a member of their owner: GRANT {owner} TO {role}")
 
 
 def read_schema_versions(connection, schemas, version_table,
@@ -88,37 +103,52 @@ def read_schema_versions(connection, schemas, version_table,
     catalog = _read_catalog(connection, schemas, version_table)
     if commit:
         connection.commit()
-    with_table = [name for name in schemas if catalog[name][1]]
+    problems = {name: entry[2] for name, entry in catalog.items()
+                if entry[2] is not None}
+    with_table = [name for name in schemas
+                  if catalog[name][1] and name not in problems]
     batches = [with_table[start:start + batch_size]
                for start in range(0, len(with_table), batch_size)]
     heads = {}
     if commit and connect is not None and workers > 1 and len(batches) > 1:
         _read_in_parallel(connect, batches, version_table,
-                          min(workers, len(batches)), heads)
+                          min(workers, len(batches)), heads, problems)
     else:
         for batch in batches:
             heads.update(_read_batch(connection, batch, version_table,
-                                     commit))
+                                     commit, problems))
     versions = {}
     for name in schemas:
-        exists, has_table = catalog[name]
+        exists, has_table, _ = catalog[name]
+        problem = problems.get(name)
         # A table that vanished after the catalog check reads as base.
-        has_table = has_table and name in heads
+        has_table = has_table and name in heads and problem is None
         versions[name] = SchemaVersion(
             schema=name,
             exists=exists,
             heads=tuple(sorted(heads.get(name, ()))),
             has_version_table=has_table,
+            problem=problem,
         )
     return versions
 
 
 def _read_catalog(connection, schemas, version_table):
-    """``{schema: (schema exists, has the version table)}``."""
+    """``{schema: (schema exists, has the version table, problem)}``."""
     rows = connection.execute(_CATALOG, {"schemas": schemas,
                                          "version_table": version_table})
-    return {name: (bool(exists), bool(has_table))
-            for name, exists, has_table in rows}
+    catalog = {}
+    for name, exists, has_table, usage, select, owner, role in rows:
+        problem = None
+        if not usage:
+            problem = unreadable_problem(name, owner, role,
+                                         f"schema {name}")
+        elif not select:
+            problem = unreadable_problem(
+                name, owner, role, f"the version table {name}."
+                f"{version_table}")
+        catalog[name] = (bool(exists), bool(has_table), problem)
+    return catalog
 
 
 #: Prefix of a batch read in a transaction of our own (see above).
@@ -133,9 +163,11 @@ def _union_sql(batch, version_table):
         for index, schema in enumerate(batch))
 
 
-def _read_batch(connection, batch, version_table, commit):
+def _read_batch(connection, batch, version_table, commit, problems=None):
     """``{schema: [revision, ...]}`` for the schemas of ``batch`` whose
-    version table is there when read."""
+    version table is there when read; schemas that turn out unreadable
+    go to ``problems``."""
+    problems = {} if problems is None else problems
     for attempt in range(_RETRIES + 1):
         heads = {schema: [] for schema in batch}
         if not batch:
@@ -147,13 +179,24 @@ def _read_batch(connection, batch, version_table, commit):
             rows = connection.exec_driver_sql(
                 prefix + _union_sql(batch, version_table)).fetchall()
         except DBAPIError as exc:
-            if (getattr(exc.orig, "pgcode", None) != _UNDEFINED_TABLE
+            code = getattr(exc.orig, "pgcode", None)
+            if (code not in (_UNDEFINED_TABLE, _INSUFFICIENT_PRIVILEGE)
                     or not commit or attempt == _RETRIES):
                 raise
             connection.rollback()
             catalog = _read_catalog(connection, batch, version_table)
             connection.commit()
-            batch = [name for name in batch if catalog[name][1]]
+            for name in batch:
+                if catalog[name][2] is not None:
+                    problems[name] = catalog[name][2]
+            if code == _INSUFFICIENT_PRIVILEGE and not any(
+                    catalog[name][2] for name in batch):
+                # Privileges the catalog does not show (row security, a
+                # revoked grant in flight): read one by one to tell.
+                return _read_one_by_one(connection, batch, version_table,
+                                        problems)
+            batch = [name for name in batch
+                     if catalog[name][1] and name not in problems]
             continue
         if commit:
             connection.commit()
@@ -162,33 +205,33 @@ def _read_batch(connection, batch, version_table, commit):
         return heads
 
 
-def _read_in_parallel(connect, batches, version_table, workers, heads):
-    """Read ``batches`` over ``workers`` connections, each taking the next
-    batch when it is done with one (no static split: no stragglers)."""
-    pending = list(reversed(batches))
-    guard = threading.Lock()
-    errors = []
-
-    def work():
+def _read_one_by_one(connection, batch, version_table, problems):
+    heads = {}
+    for name in batch:
         try:
-            with connect() as connection:
-                while not errors:
-                    with guard:
-                        if not pending:
-                            return
-                        batch = pending.pop()
-                    found = _read_batch(connection, batch, version_table,
-                                        commit=True)
-                    with guard:
-                        heads.update(found)
-        except BaseException as exc:  # handed to the caller below
-            errors.append(exc)
+            heads.update(_read_batch(connection, [name], version_table,
+                                     True, problems))
+        except DBAPIError as exc:
+            connection.rollback()
+            problems[name] = " ".join(str(exc.orig or exc).split())
+    return heads
 
-    threads = [threading.Thread(target=work, name=f"tenantmigrate-read-{i}",
-                                daemon=True) for i in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+
+def _read_in_parallel(connect, batches, version_table, workers, heads,
+                      problems):
+    """Read ``batches`` over ``workers`` connections of the one job
+    runner, each taking the next batch when it is done with one."""
+    from .workers import WorkerPool
+
+    guard = threading.Lock()
+
+    def work(worker, batch):
+        found = _read_batch(worker.connection, batch, version_table, True,
+                            problems)
+        with guard:
+            heads.update(found)
+
+    pool = WorkerPool(connect, workers, name="tenantmigrate-read")
+    pool.run(batches, work)
+    if pool.aborted:
+        raise pool.connect_error or RuntimeError(pool.aborted)

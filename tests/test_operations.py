@@ -117,7 +117,7 @@ def test_shards_split_tenants_stably_and_run_side_by_side(project, db):
 
     # Shard 1 is busy elsewhere; shards 2 and 3 are not held up by it.
     migrator = project.migrator()
-    with RunLock(migrator, "upgrade", scope=" shard 1/3"):
+    with RunLock(migrator, "upgrade", shard=(1, 3)):
         project.run("upgrade", "--shard", "1/3", check=1)
         for index in (2, 3):
             result = project.run("upgrade", "--shard", f"{index}/3",
@@ -319,7 +319,7 @@ def test_hostile_names_through_every_entry_point(project, db, tmp_path,
     assert len(HOSTILE) >= 20
     project.write_standard_revisions()
     create_schemas(db, "tenant_ok")
-    project.run("upgrade", "--tenant", "tenant_ok", check=0)
+    project.run("upgrade", check=0)
     with db.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE public.canary (id int)")
     before = catalog_fingerprint(db)

@@ -3,9 +3,9 @@ import json
 
 import sqlalchemy as sa
 
-from pyramid_tenantmigrate.plan import StepPlanner
-from pyramid_tenantmigrate.render import Renderer, version_table_ddl
-from pyramid_tenantmigrate.replay import ReplayPool, ReplayScript
+from pyramid_tenantmigrate.execute import execute_branch
+from pyramid_tenantmigrate.plan import StepPlanner, plan_branch
+from pyramid_tenantmigrate.versions import SchemaVersion
 
 from .conftest import (
     catalog_snapshot, columns_of, create_schemas, tables_of, version_of,
@@ -103,24 +103,7 @@ def test_revisions_that_read_data_run_through_alembic_per_tenant(
     assert version_of(db, "tenant_a") == ["t3"]
 
 
-def _script_from(migrator, from_heads, destination="tenant@head"):
-    renderer = Renderer(migrator)
-    steps = StepPlanner(migrator.script, "upgrade",
-                        destination).steps_for(from_heads)
-    settings = migrator.settings
-    return ReplayScript(
-        [(s.revision.revision, renderer.render_step(s)) for s in steps],
-        from_heads, (steps[-1].revision.revision,), settings.version_table,
-        version_table_ddl(migrator), settings.timeouts_sql), steps
-
-
-class _SchemaPlan:
-    def __init__(self, schema, from_heads, to_heads):
-        self.schema, self.from_heads, self.to_heads = (schema, from_heads,
-                                                       to_heads)
-
-
-def test_a_tenant_that_moved_since_planning_is_handed_back(project, db):
+def test_a_tenant_that_moved_since_planning_is_planned_again(project, db):
     project.write_standard_revisions()
     create_schemas(db, "tenant_a", "tenant_b")
     project.run("upgrade", "shared", check=0)
@@ -128,15 +111,20 @@ def test_a_tenant_that_moved_since_planning_is_handed_back(project, db):
     migrator = project.migrator()
     # Planned from t1, but tenant_b moved to t2 meanwhile.
     project.run("upgrade", "--tenant", "tenant_b", check=0)
-    script, _ = _script_from(migrator, ("t1",))
-    pool = ReplayPool(migrator, workers=2)
+    planner = StepPlanner(migrator.script, "upgrade", "tenant@head")
+    stale = {name: SchemaVersion(name, True, ("t1",), True)
+             for name in ("tenant_a", "tenant_b")}
+    plan = plan_branch(planner, "tenant", stale, ["tenant_a", "tenant_b"])
 
-    pool.run([(_SchemaPlan("tenant_a", ("t1",), ("t2",)), script),
-              (_SchemaPlan("tenant_b", ("t1",), ("t2",)), script)])
+    report, aborted = execute_branch(migrator, plan, planner,
+                                     migrator.programs, workers=2)
     migrator.close()
 
-    assert [r.schema for r in pool.results] == ["tenant_a"]
-    assert [p.schema for p in pool.handed_back] == ["tenant_b"]
+    statuses = {r.schema: r for r in report.results}
+    assert aborted is None
+    assert statuses["tenant_a"].status == "done"
+    assert statuses["tenant_b"].status == "up-to-date"
+    assert "another process" in statuses["tenant_b"].note
     assert version_of(db, "tenant_a") == ["t2"]
     assert version_of(db, "tenant_b") == ["t2"]
     # The guard ran before anything: tenant_b was not touched twice.
@@ -238,8 +226,8 @@ def test_provisioning_replay_is_identical_to_a_full_alembic_replay(
                     "SHOW search_path").scalar() == '"$user", public'
                 assert connection.exec_driver_sql(
                     "SHOW lock_timeout").scalar() == "0"
-    # Rendered once, kept for the next tenant.
-    assert len(migrator.replay_scripts) == 1
+    # Captured once, kept for the next tenant.
+    assert len(migrator.programs) == 1
     migrator.close()
 
     expected = catalog_snapshot(db, "tenant_alembic")

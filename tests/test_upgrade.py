@@ -21,7 +21,8 @@ def test_upgrade_applies_shared_once_and_tenant_branch_to_each_tenant(
     assert "2 done" in result.stdout
     # public holds the shared table and only the shared branch's version.
     assert tables_of(db, "public") == ["accounts", "alembic_version",
-                                      "tenantmigrate_runs"]
+                                      "tenantmigrate_runs",
+                                      "tenantmigrate_state"]
     assert version_of(db, "public") == ["s1"]
     for tenant in ("tenant_a", "tenant_b"):
         # Tenant ops written without a schema landed in the tenant...

@@ -9,6 +9,7 @@ configuration.
 import argparse
 import configparser
 import json
+import re
 import sys
 import textwrap
 
@@ -18,12 +19,35 @@ from pyramid.scripts.common import get_config_loader, parse_vars
 from .. import autogenerate, commands
 from ..errors import TenantMigrateError, UsageError
 from ..migrator import TenantMigrator
+from ..run import ConfirmationNeeded
+from ..settings import wait_seconds
 from ..tenants import parse_shard
 from .progress import Progress
 
 #: What reading or loading an ini file raises when the file is at fault
 #: (missing, malformed, a missing %(var)s): exit 2, not a traceback.
 _UNREADABLE_CONFIG = (OSError, LookupError, ValueError, configparser.Error)
+
+#: ``name=value`` on the command line fills ``%(name)s`` in the ini file;
+#: anything else with an ``=`` (``tenant@t1=``) is a positional argument.
+_CONFIG_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*=")
+
+
+def _positive_int(text):
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
+def _wait(text):
+    try:
+        return wait_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def main(argv=sys.argv, quiet=False):
@@ -65,14 +89,14 @@ def _add_run_options(parser):
         help="stop at the first failing tenant (default: go on and report); "
              "tenants already running on other workers finish")
     parser.add_argument(
-        "--workers", type=int, default=None, metavar="N",
+        "--workers", type=_positive_int, default=None, metavar="N",
         help="parallel connections for tenants (default: the "
              "tenantmigrate.workers setting, 4)")
     parser.add_argument(
         "--json", action="store_true",
         help="print the run report as JSON on stdout")
     parser.add_argument(
-        "--wait", type=float, default=None, metavar="SECONDS",
+        "--wait", type=_wait, default=None, metavar="SECONDS",
         help="wait this long for another run's lock (default: the "
              "tenantmigrate.lock_wait setting, 0: exit at once)")
     parser.add_argument(
@@ -152,6 +176,9 @@ class TenantMigrateCommand:
         p = sub.add_parser("stamp",
                            help="set version tables without migrating")
         p.add_argument("args", nargs="*", metavar="target [var=value]")
+        p.add_argument("--yes", action="store_true",
+                       help="set versions away from the revision a schema "
+                            "is at without asking")
         _add_run_options(p)
 
         p = sub.add_parser("current", help="show where each schema stands")
@@ -174,7 +201,7 @@ class TenantMigrateCommand:
         p.add_argument("--count", type=int, default=None, metavar="N",
                        help="how many (default: the tenantmigrate."
                             "spare_schemas setting; 0 drops them all)")
-        p.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+        p.add_argument("--wait", type=_wait, default=None, metavar="SECONDS",
                        help="wait this long for another run's lock")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("args", nargs="*", metavar="var=value")
@@ -199,11 +226,20 @@ class TenantMigrateCommand:
 
     def run(self):
         try:
-            self.options = self.parser.parse_args(self.argv[1:])
+            # var=value may come after options too: what argparse leaves
+            # over is taken as more positional arguments, options are not.
+            self.options, extra = self.parser.parse_known_args(self.argv[1:])
+            unknown = [a for a in extra if a.startswith("-")]
+            if unknown or not hasattr(self.options, "args"):
+                self.parser.error("unrecognized arguments: "
+                                  + " ".join(unknown or extra))
+            self.options.args.extend(extra)
         except SystemExit as exc:
             return exc.code
-        positionals = [a for a in self.options.args if "=" not in a]
-        config_vars = parse_vars([a for a in self.options.args if "=" in a])
+        positionals = [a for a in self.options.args
+                       if not _CONFIG_VAR.match(a)]
+        config_vars = parse_vars([a for a in self.options.args
+                                  if _CONFIG_VAR.match(a)])
         try:
             return self._run(positionals, config_vars)
         except TenantMigrateError as exc:
@@ -292,7 +328,17 @@ class TenantMigrateCommand:
 
     def command_stamp(self, migrator, positionals):
         target = self._one_positional(positionals, "target", True)
-        return self._run_report(commands.stamp, migrator, target)
+        try:
+            return self._run_report(commands.stamp, migrator, target,
+                                    yes=self.options.yes)
+        except ConfirmationNeeded as exc:
+            if self.options.yes or not self.stdin.isatty():
+                raise
+            self.err(f"{exc}\nType 'yes' to stamp them all the same:")
+            if self.stdin.readline().strip() != "yes":
+                raise UsageError("not confirmed; nothing was stamped") from None
+            return self._run_report(commands.stamp, migrator, target,
+                                    yes=True)
 
     def _tenant_names(self):
         names = list(self.options.tenant)
@@ -300,13 +346,19 @@ class TenantMigrateCommand:
         if path:
             try:
                 if path == "-":
-                    lines = sys.stdin.read().splitlines()
+                    data = self.stdin.buffer.read() if hasattr(
+                        self.stdin, "buffer") else self.stdin.read().encode()
                 else:
-                    with open(path) as f:
-                        lines = f.read().splitlines()
+                    with open(path, "rb") as f:
+                        data = f.read()
+                lines = data.decode("utf-8").splitlines()
             except OSError as exc:
                 raise UsageError(f"cannot read --tenants-from {path}: "
                                  f"{exc.strerror}") from None
+            except UnicodeDecodeError as exc:
+                raise UsageError(
+                    f"--tenants-from {path} is not UTF-8 text (byte "
+                    f"{exc.start}): give one tenant name per line") from None
             names.extend(line.strip() for line in lines
                          if line.strip() and not line.startswith("#"))
             if not names:
@@ -318,8 +370,8 @@ class TenantMigrateCommand:
         progress = Progress(self.stderr, tty=self.stderr.isatty(),
                             verbose=options.verbose)
         report = fn(
-            migrator, target, tenants=self._tenant_names(),
-            exclude_tenants=options.exclude_tenant, sql=options.sql,
+            migrator, target, tenants=tuple(self._tenant_names()),
+            exclude_tenants=tuple(options.exclude_tenant), sql=options.sql,
             output=self.stdout, fail_fast=options.fail_fast,
             progress=progress, config_uri=options.config_uri,
             lock_wait=options.wait, workers=options.workers,
@@ -433,7 +485,8 @@ class TenantMigrateCommand:
         from ..errors import ConfigurationError
         from ..startup import suppressed
 
-        config_vars = parse_vars([a for a in self.options.args if "=" in a])
+        config_vars = parse_vars([a for a in self.options.args
+                                  if _CONFIG_VAR.match(a)])
         config_vars.setdefault("__script__", "tenant-migrate")
         try:
             with suppressed():

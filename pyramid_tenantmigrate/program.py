@@ -1,0 +1,172 @@
+"""What each schema runs: a program of replayed and Alembic steps, in order.
+
+A :class:`Program` is made once for every group of schemas that start at
+the same revision and go to the same destination. It lists the group's
+steps in order; each is either *replayed* (the statements capture
+recorded, see :mod:`.capture`) or run *through Alembic* in each schema.
+The path is chosen per revision, so one revision that reads the database
+does not take the rest of the range with it.
+
+:class:`Programs` makes them (capturing at most once per group) and keeps
+them for the life of a run, or of a migrator for provisioning.
+"""
+import threading
+from dataclasses import dataclass, field
+
+from .capture import capture_steps
+
+
+@dataclass(frozen=True)
+class ProgramStep:
+    """One revision of a program.
+
+    ``replay`` is ``None`` when the revision runs through Alembic;
+    otherwise a tuple of ``(in_block, statements)`` parts: statements to
+    run in the schema's transaction, or (``in_block``) outside any
+    transaction, as ``autocommit_block()`` does. ``reason`` says why a
+    revision does not replay. ``memo_before`` / ``memo_after``: what
+    Alembic remembered between revisions, before and after this one, as
+    capture saw it. ``controls_transaction``: the revision commits or
+    rolls back by itself.
+    """
+
+    step: object
+    revision: str
+    heads_after: tuple
+    replay: tuple = None
+    reason: str = None
+    memo_before: dict = None
+    memo_after: dict = None
+    controls_transaction: bool = False
+
+    @property
+    def has_block(self):
+        return bool(self.replay) and any(block for block, _ in self.replay)
+
+
+@dataclass
+class Program:
+    """The steps of one group of schemas, from ``from_heads`` to
+    ``to_heads``."""
+
+    from_heads: tuple
+    to_heads: tuple
+    steps: tuple = ()
+    #: The statement creating the version table (for schemas at base).
+    version_table_ddl: str = None
+    operation: str = "upgrade"
+    stamp: bool = False
+    notes: list = field(default_factory=list)
+
+    @property
+    def revisions(self):
+        return tuple(step.revision for step in self.steps)
+
+    @property
+    def replayed(self):
+        return [step for step in self.steps if step.replay is not None]
+
+    @property
+    def needs_session_lock(self):
+        """The schema's lock must outlive a commit: some step commits in
+        the middle (autocommit block, or a revision committing itself)."""
+        return any(step.has_block or step.controls_transaction
+                   for step in self.steps)
+
+    def paths(self):
+        """``{revision: "replay" | "alembic"}``."""
+        return {step.revision: ("replay" if step.replay is not None
+                                else "alembic") for step in self.steps}
+
+
+def _parts(statements):
+    """Group captured statements into (in_block, [sql, ...]) runs."""
+    parts = []
+    for statement in statements:
+        if parts and parts[-1][0] == statement.in_block:
+            parts[-1][1].append(statement.sql)
+        else:
+            parts.append((statement.in_block, [statement.sql]))
+    return tuple((block, tuple(sqls)) for block, sqls in parts)
+
+
+def build_program(steps, from_heads, captured=None, operation="upgrade",
+                  version_table_ddl=None):
+    """A program for ``steps`` from ``from_heads``; ``captured`` (one
+    :class:`~.capture.CapturedRevision` per step) decides what replays,
+    without it every step runs through Alembic."""
+    from .plan import heads_after  # plan imports nothing from here
+
+    heads = tuple(from_heads)
+    program_steps = []
+    for index, step in enumerate(steps):
+        heads = heads_after(heads, [step])
+        revision = step.revision.revision
+        cap = captured[index] if captured is not None else None
+        if cap is None:
+            program_steps.append(ProgramStep(step, revision, heads))
+            continue
+        program_steps.append(ProgramStep(
+            step, revision, heads,
+            replay=_parts(cap.statements) if cap.replayable else None,
+            reason=cap.reason, memo_before=cap.memo_before,
+            memo_after=cap.memo_after,
+            controls_transaction=cap.controls_transaction))
+    return Program(tuple(from_heads), heads, tuple(program_steps),
+                   version_table_ddl=version_table_ddl, operation=operation)
+
+
+def stamp_program(from_heads, to_heads, version_table_ddl=None):
+    """A program that only sets the version table (``stamp``)."""
+    return Program(tuple(from_heads), tuple(to_heads), (),
+                   version_table_ddl=version_table_ddl, operation="stamp",
+                   stamp=True)
+
+
+class Programs:
+    """Programs by (operation, starting heads, steps), made once each.
+
+    ``replay`` false (the setting, or a branch that never replays) makes
+    programs that run every step through Alembic, without capture.
+    Thread-safe: workers of a run ask for programs when a schema moved
+    since planning.
+    """
+
+    def __init__(self, migrator, replay=True):
+        self.migrator = migrator
+        self.replay = replay
+        self._programs = {}
+        self._lock = threading.Lock()
+        self._making = {}
+
+    def get(self, operation, from_heads, steps, to_heads, branch="tenant"):
+        key = (operation, tuple(from_heads),
+               tuple(getattr(s, "revision", None) and s.revision.revision
+                     for s in steps), tuple(to_heads))
+        with self._lock:
+            program = self._programs.get(key)
+            if program is not None:
+                return program
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
+            with self._lock:
+                program = self._programs.get(key)
+            if program is None:
+                program = self._make(operation, from_heads, steps, to_heads,
+                                     branch)
+                with self._lock:
+                    self._programs[key] = program
+        return program
+
+    def _make(self, operation, from_heads, steps, to_heads, branch):
+        migrator = self.migrator
+        ddl = migrator.version_table_ddl()
+        if operation == "stamp":
+            return stamp_program(from_heads, to_heads, ddl)
+        captured = None
+        if self.replay and branch == "tenant" and steps:
+            captured = capture_steps(migrator, steps, from_heads, branch)
+        return build_program(steps, from_heads, captured, operation, ddl)
+
+    def __len__(self):
+        return len(self._programs)

@@ -1,0 +1,119 @@
+"""SQL text this package writes itself, in one place.
+
+Identifiers go through :func:`~.names.quote_schema`, literals through
+:func:`quote_literal`; the only other things formatted into these strings
+are integers this package computes.
+"""
+import secrets
+
+from .names import quote_schema
+from .reserved import TENANT_LOCK, lock_key
+
+#: SQLSTATE the guard raises when a schema's version is not what the
+#: plan read (another run or a sign-up moved it meanwhile).
+VERSION_MOVED = "TMV01"
+_STEP_NOTICE = "tenantmigrate step "
+
+
+def quote_literal(value):
+    """Quote a string as an SQL literal (standard_conforming_strings)."""
+    if "\x00" in value:
+        raise ValueError("a NUL byte cannot be sent to PostgreSQL")
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _dollar_quote(body):
+    """``body`` dollar-quoted with a tag that does not occur in it."""
+    tag = "$tm$"
+    while tag in body:
+        tag = f"$tm{secrets.token_hex(4)}$"
+    return f"{tag}{body}{tag}"
+
+
+def search_path_sql(schema, extra_schemas=(), local=True):
+    """``SET [LOCAL] search_path`` to a schema (then ``extra_schemas``),
+    every name quoted."""
+    path = ", ".join(quote_schema(s) for s in (schema, *extra_schemas))
+    return f"SET {'LOCAL ' if local else ''}search_path TO {path}"
+
+
+def timeouts_sql(lock_timeout_ms, statement_timeout_ms, local=True):
+    """``SET [LOCAL]`` for the per-tenant lock and statement timeouts."""
+    scope = "LOCAL " if local else ""
+    return (f"SET {scope}lock_timeout = {int(lock_timeout_ms)}; "
+            f"SET {scope}statement_timeout = {int(statement_timeout_ms)}")
+
+
+def tenant_lock_sql(schema, session=False):
+    """Wait for ``schema``'s advisory lock: for the transaction (default)
+    or for the session (kept across the commits of an autocommit block)."""
+    function = "pg_advisory_lock" if session else "pg_advisory_xact_lock"
+    return f"SELECT {function}({TENANT_LOCK}, {lock_key(schema)})"
+
+
+def tenant_unlock_sql(schema):
+    return f"SELECT pg_advisory_unlock({TENANT_LOCK}, {lock_key(schema)})"
+
+
+def version_table_name(schema, version_table):
+    return f"{quote_schema(schema)}.{quote_schema(version_table)}"
+
+
+def _heads_array(heads):
+    if not heads:
+        return "ARRAY[]::text[]"
+    return ("ARRAY[" + ", ".join(quote_literal(h) for h in heads)
+            + "]::text[]")
+
+
+def guard_sql(schema, version_table, heads):
+    """Fail with :data:`VERSION_MOVED` unless ``schema``'s version table
+    holds exactly ``heads`` (empty: no table, or no row)."""
+    table = version_table_name(schema, version_table)
+    message = quote_literal(
+        f"version of {schema} changed since the run was planned")
+    raise_moved = (f"RAISE EXCEPTION {message} "
+                   f"USING ERRCODE = '{VERSION_MOVED}';")
+    if heads:
+        check = (f"IF (SELECT coalesce(array_agg(version_num::text ORDER BY "
+                 f"version_num::text), ARRAY[]::text[]) FROM {table}) IS "
+                 f"DISTINCT FROM {_heads_array(sorted(heads))} THEN "
+                 f"{raise_moved} END IF;")
+    else:
+        check = (f"IF to_regclass({quote_literal(table)}) IS NOT NULL THEN "
+                 f"IF EXISTS (SELECT 1 FROM {table}) THEN {raise_moved} "
+                 f"END IF; END IF;")
+    return f"DO {_dollar_quote(f' BEGIN {check} END ')}"
+
+
+def version_update_sql(schema, version_table, heads):
+    """Make ``schema``'s version table hold exactly ``heads``."""
+    table = version_table_name(schema, version_table)
+    parts = [f"DELETE FROM {table}"]
+    if heads:
+        values = ", ".join(f"({quote_literal(h)})" for h in sorted(heads))
+        parts.append(f"INSERT INTO {table} (version_num) VALUES {values}")
+    return ";\n".join(parts)
+
+
+def step_notice_sql(revision):
+    """A notice naming the revision whose statements follow, so that a
+    failure in a replayed script can be put on its revision."""
+    text = quote_literal(_STEP_NOTICE + revision)
+    return f"DO {_dollar_quote(f' BEGIN RAISE NOTICE {text}; END ')}"
+
+
+def last_step(notices):
+    """The revision named by the last step notice, or ``None``."""
+    for notice in reversed(notices):
+        if _STEP_NOTICE in notice:
+            return notice.split(_STEP_NOTICE, 1)[1].strip()
+    return None
+
+
+#: Indexes left INVALID in a schema (a failed CREATE INDEX CONCURRENTLY).
+INVALID_INDEXES = (
+    "SELECT c.relname FROM pg_catalog.pg_index i "
+    "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = %(schema)s AND NOT i.indisvalid")
