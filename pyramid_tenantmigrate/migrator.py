@@ -58,9 +58,10 @@ class TenantMigrator:
             self.engine = engine
 
     @classmethod
-    def from_settings(cls, app_settings, engine=None):
-        """Build a migrator from an app's settings dict."""
-        return cls(parse_settings(app_settings), engine=engine)
+    def from_settings(cls, app_settings, engine=None, **options):
+        """Build a migrator from an app's settings dict (``options`` go to
+        :func:`~.settings.parse_settings`)."""
+        return cls(parse_settings(app_settings, **options), engine=engine)
 
     @property
     def shared_schema(self):
@@ -76,9 +77,14 @@ class TenantMigrator:
 
     @reify
     def engine(self):
+        if self.settings.url is None:
+            raise ConfigurationError(
+                f"no usable database URL: set {PREFIX}url or sqlalchemy.url")
         url = engine_url(self.settings.url)
         try:
-            return create_engine(url)
+            # pre_ping: a pooled connection the server closed meanwhile
+            # (idle_session_timeout, a restart) is replaced, not used.
+            return create_engine(url, pool_pre_ping=True)
         except Exception as exc:
             raise ConfigurationError(
                 f"database URL {shown_url(url)} (from {PREFIX}url or "

@@ -141,7 +141,7 @@ def run(migrator, operation, target, options=None):
         return render_run(migrator, operation, destinations, start, options)
     if options.shard:
         destinations = _shard_destinations(migrator, operation, destinations)
-    if options.tenants:
+    if any(branch == TENANT for branch, _ in destinations):
         check_tenants_early(migrator, options.tenants,
                             options.exclude_tenants)
     with RunLock(migrator, operation, wait=options.lock_wait,
@@ -477,7 +477,8 @@ def _shard_destinations(migrator, operation, destinations):
 
 
 def check_tenants_early(migrator, tenants, exclude_tenants):
-    """Refuse unknown ``--tenant`` names before the shared branch runs.
+    """Refuse a tenant source that cannot work, and unknown ``--tenant``
+    names, before the shared branch runs: nothing is half-done.
 
     The tenant source may only work once the shared branch has created its
     table; then the check happens after the shared branch, as usual.

