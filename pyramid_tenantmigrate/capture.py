@@ -130,6 +130,9 @@ class CapturedRevision:
     memo_before: dict = None
     memo_after: dict = None
     controls_transaction: bool = False
+    #: Capture failed only because another transaction held a lock it
+    #: needed: worth capturing again next time.
+    transient: bool = False
 
     @property
     def replayable(self):
@@ -164,9 +167,54 @@ def _compare(first, second):
 
 
 def _capture(migrator, engine, steps, from_heads, branch):
+    """One capture of ``steps``: attempts in fresh transactions until every
+    revision either ran or failed once (see :func:`_attempt`)."""
+    prefix = _prefix_steps(migrator.script, from_heads)
+    skipped, failures = set(), {}
+    recorded = {}
+    for _ in range(len(prefix) + len(steps) + 1):
+        recorder = _Recorder(CAPTURE_PREFIX + secrets.token_hex(8))
+        failed = _attempt(migrator, engine, prefix, steps, branch, recorder,
+                          skipped)
+        recorded = {c.revision: c for c in recorder.captured}
+        if failed is None:
+            break
+        revision, error = failed
+        skipped.add(revision)
+        failures[revision] = error
+    results = []
+    for step in steps:
+        revision = step.revision.revision
+        error = failures.get(revision)
+        if error is not None:
+            results.append(CapturedRevision(
+                revision, (), "could not be captured: it failed in the "
+                f"scratch schema: {describe_error(error)}",
+                transient=_transient(error)))
+        elif revision in recorded:
+            results.append(recorded[revision])
+        else:  # a revision before it failed in the scratch schema
+            results.append(CapturedRevision(revision, (), (
+                "could not be captured: revisions it builds on failed in "
+                "the scratch schema"), transient=any(
+                    _transient(e) for e in failures.values())))
+    return results
+
+
+def _attempt(migrator, engine, prefix, steps, branch, recorder, skipped):
+    """Bring a scratch schema to the starting revision (``prefix``, in an
+    Alembic run of its own, as tenants had it), then run and record
+    ``steps``, in one transaction that is rolled back. Revisions in
+    ``skipped`` do nothing (their version still moves). Returns
+    ``(revision, error)`` of the first revision that failed, or ``None``.
+
+    A revision failing here (a data migration that needs rows, an enum
+    value its own transaction may not use yet) is skipped in the next
+    attempt: revisions that read nothing send the same SQL whatever the
+    scratch schema holds, so the others are still captured faithfully;
+    one that depended on the skipped revision fails in turn."""
     settings = migrator.settings
-    scratch = CAPTURE_PREFIX + secrets.token_hex(8)
-    recorder = _Recorder(scratch)
+    scratch = recorder.scratch
     with ALEMBIC_LOCK, engine.connect() as connection:
         raw = connection.connection.driver_connection
         raw.recorder = recorder
@@ -178,56 +226,56 @@ def _capture(migrator, engine, steps, from_heads, branch):
                 scratch, settings.extra_search_path))
             connection.exec_driver_sql(timeouts_sql(
                 settings.lock_timeout, settings.statement_timeout))
-            try:
-                _bring_to(migrator, connection, scratch, branch, from_heads,
-                          recorder)
-            except Exception as exc:
-                reason = ("could not be captured: the scratch schema could "
-                          f"not be brought to {','.join(from_heads)}: "
-                          f"{describe_error(exc)}")
-                return [CapturedRevision(step.revision.revision, (), reason)
-                        for step in steps]
-            session = AlembicSession(migrator, connection, scratch, branch,
-                                     autocommit_block=recorder.block)
-            _watch_operations(session.context.impl, recorder)
-            try:
-                session.run([_RecordedStep(step, recorder, session)
-                             for step in steps])
-            except Exception:
-                pass  # recorded by _RecordedStep; the rest cannot run
+            failed = _run(migrator, connection, scratch, branch, recorder,
+                          prefix, skipped, record=False)
+            if failed is None:
+                failed = _run(migrator, connection, scratch, branch,
+                              recorder, steps, skipped, record=True)
+            return failed
         finally:
             transaction.rollback()
             raw.recorder = None
-    done = {captured.revision: captured for captured in recorder.captured}
-    failed = recorder.failed_revision
-    results = []
-    for step in steps:
-        revision = step.revision.revision
-        if revision in done:
-            results.append(done[revision])
-        else:
-            results.append(CapturedRevision(revision, (), (
-                f"could not be captured: {failed} before it failed in the "
-                "scratch schema")))
-    return results
 
 
-def _bring_to(migrator, connection, scratch, branch, heads, recorder):
-    """Run the revisions up to ``heads`` in the scratch schema (not
-    recorded), in an Alembic run of their own, as a tenant had them."""
+def _run(migrator, connection, scratch, branch, recorder, steps, skipped,
+         record):
+    """Run ``steps`` in one Alembic context; ``(revision, error)`` of the
+    first one that failed, or ``None``."""
+    if not steps:
+        return None
+    session = AlembicSession(migrator, connection, scratch, branch,
+                             autocommit_block=recorder.block)
+    if record:
+        _watch_operations(session.context.impl, recorder)
+    wrapped = [_SkippedStep(step) if step.revision.revision in skipped
+               else _RecordedStep(step, recorder, session) if record
+               else _WatchedStep(step, recorder) for step in steps]
+    try:
+        session.run(wrapped)
+    except Exception as exc:
+        if recorder.running is None:
+            raise  # not in a revision: the scratch schema itself failed
+        return recorder.running, exc
+    return None
+
+
+def _prefix_steps(script, heads):
+    """The steps from base to ``heads``, as a tenant at ``heads`` had them."""
     if not heads:
-        return
+        return []
     from .plan import heads_after  # plan imports nothing from here
 
-    script = migrator.script
     steps, current = [], ()
     for head in heads:
         more = script._upgrade_revs(head, current)
         steps.extend(more)
         current = heads_after(current, more)
-    session = AlembicSession(migrator, connection, scratch, branch,
-                             autocommit_block=recorder.block)
-    session.run(steps)
+    return steps
+
+
+def _transient(exc):
+    from .retry import RETRYABLE, sqlstate
+    return sqlstate(exc) in RETRYABLE
 
 
 def _watch_operations(impl, recorder):
@@ -265,7 +313,8 @@ class _Recorder:
         self.op_depth = 0
         self.in_block = False
         self.captured = []
-        self.failed_revision = None
+        #: The revision running now (recorded or not), for failures.
+        self.running = None
         self._revision = None
         self._statements = []
         self._reasons = []
@@ -273,6 +322,7 @@ class _Recorder:
         self._memo_before = None
 
     def begin(self, revision, memo, module):
+        self.running = revision
         self._revision = revision
         self._statements = []
         self._reasons = []
@@ -282,15 +332,9 @@ class _Recorder:
             self.note("its module sets tenantmigrate_replay = False")
         self.active = True
 
-    def end(self, memo, error=None):
+    def end(self, memo):
         self.active = False
-        if error is not None:
-            self.failed_revision = (f"revision {self._revision} "
-                                    f"({describe_error(error)})")
-            self.captured.append(CapturedRevision(
-                self._revision, (), "could not be captured: it failed in "
-                f"the scratch schema: {describe_error(error)}"))
-            return
+        self.running = None
         reason = "; ".join(self._reasons) or None
         self.captured.append(CapturedRevision(
             self._revision, tuple(self._statements), reason,
@@ -365,14 +409,41 @@ class _RecordedStep:
 
         def run(**kw):
             recorder.begin(revision.revision, session.memo, revision.module)
-            try:
-                migrate(**kw)
-            except BaseException as exc:
-                recorder.end(session.memo, error=exc)
-                raise
+            migrate(**kw)
             recorder.end(session.memo)
 
         return run
+
+
+class _WatchedStep(_RecordedStep):
+    """A step of the prefix: run, not recorded; a failure is put on it."""
+
+    def __init__(self, step, recorder):
+        super().__init__(step, recorder, None)
+
+    @property
+    def migration_fn(self):
+        migrate = self._step.migration_fn
+        recorder, revision = self._recorder, self._step.revision.revision
+
+        def run(**kw):
+            recorder.running = revision
+            migrate(**kw)
+            recorder.running = None
+
+        return run
+
+
+class _SkippedStep(_RecordedStep):
+    """A revision that failed in an earlier attempt: it does nothing now
+    (Alembic still moves the scratch schema's version past it)."""
+
+    def __init__(self, step):
+        super().__init__(step, None, None)
+
+    @property
+    def migration_fn(self):
+        return lambda **kw: None
 
 
 class _CaptureConnection(psycopg2.extensions.connection):

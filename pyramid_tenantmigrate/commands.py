@@ -211,19 +211,3 @@ def _with_stdout(migrator, output, fn, **kw):
         fn(config, **kw)
     finally:
         config.stdout = saved
-
-
-def create_tenant(migrator, name, registry=None, request=None):
-    """Create the tenant schema ``name`` at the tenant head, in a
-    transaction of its own, sending ``TenantCreated`` through ``registry``
-    when given. See :func:`pyramid_tenantmigrate.provisioning.create_tenant`
-    for provisioning inside a caller's (a request's) transaction."""
-    from .provisioning import create_tenant as provision
-    return provision(migrator, name, registry=registry, request=request)
-
-
-def drop_tenant(migrator, name, registry=None, request=None):
-    """Drop the tenant schema ``name`` and everything in it, in a
-    transaction of its own."""
-    from .provisioning import drop_tenant as unprovision
-    return unprovision(migrator, name, registry=registry, request=request)

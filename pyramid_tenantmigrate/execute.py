@@ -43,7 +43,7 @@ from .capture import controls_transaction, describe_error, transaction_safe
 from .environment import AlembicSession
 from .names import quote_schema
 from .report import (
-    AHEAD, DONE, FAILED, MISSING, NOT_RUN, REJECTED, UNKNOWN, UNREADABLE,
+    AHEAD, DONE, FAILED, MISSING, NOT_RUN, UNKNOWN, UNREADABLE,
     UP_TO_DATE, BranchReport, SchemaResult,
 )
 from .retry import RETRYABLE, RetryPolicy, sqlstate
@@ -235,6 +235,12 @@ class SchemaRun:
         self._begin(first=True)
         live_memo = forced = False
         for item in program.steps:
+            if (item.replay is not None and not forced and live_memo
+                    and self.session.memo != item.memo_before):
+                # Alembic remembers something else than capture saw before
+                # this revision: its recorded SQL may not be what Alembic
+                # would send here, so it and the rest run through Alembic.
+                forced = True
             if item.replay is not None and not forced:
                 self.current = item.revision
                 self.buffer.append(step_notice_sql(item.revision))
@@ -256,11 +262,6 @@ class SchemaRun:
                 item.heads_after)
             self.db_heads = self.done_heads = heads
             live_memo = True
-            if item.memo_after is not None and session.memo != item.memo_after:
-                # Alembic remembers something else than capture saw: the
-                # recorded SQL of later revisions may not be what Alembic
-                # would send here, so they run through Alembic too.
-                forced = True
         if program.stamp:
             self.done_heads = tuple(program.to_heads)
         self.current = None
@@ -692,3 +693,30 @@ def migrate_in_transaction(migrator, connection, schema, destination,
         raise
     except Exception as exc:
         raise ScriptFailed(exc, run.current) from exc
+
+
+def build_schema(migrator, schema, destination="tenant@head"):
+    """Create ``schema`` and bring it to ``destination`` on a connection of
+    its own, committing as a tenant's migration does (autocommit blocks run
+    outside a transaction for real). For a schema nobody uses yet (a
+    spare): if it fails, the schema is dropped, and the error raised."""
+    from .plan import StepPlanner, heads_after
+
+    steps = StepPlanner(migrator.script, "upgrade", destination).steps_for(())
+    program = migrator.programs.get("upgrade", (), steps,
+                                    heads_after((), steps), TENANT_BRANCH)
+    with migrator.run_connection("spares") as connection:
+        run = SchemaRun(migrator, connection, schema, program, TENANT_BRANCH,
+                        create_schema=True)
+        try:
+            run.run()
+        except Exception as exc:
+            run.abort()
+            send_script(connection, f"DROP SCHEMA IF EXISTS "
+                                    f"{quote_schema(schema)} CASCADE")
+            if isinstance(exc, ScriptFailed):
+                raise
+            raise ScriptFailed(exc, run.current) from exc
+
+
+TENANT_BRANCH = "tenant"

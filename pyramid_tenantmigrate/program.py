@@ -11,7 +11,7 @@ does not take the rest of the range with it.
 them for the life of a run, or of a migrator for provisioning.
 """
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .capture import capture_steps
 
@@ -56,7 +56,7 @@ class Program:
     version_table_ddl: str = None
     operation: str = "upgrade"
     stamp: bool = False
-    notes: list = field(default_factory=list)
+    transient: bool = False
 
     @property
     def revisions(self):
@@ -154,8 +154,9 @@ class Programs:
             if program is None:
                 program = self._make(operation, from_heads, steps, to_heads,
                                      branch)
-                with self._lock:
-                    self._programs[key] = program
+                if not program.transient:
+                    with self._lock:
+                        self._programs[key] = program
         return program
 
     def _make(self, operation, from_heads, steps, to_heads, branch):
@@ -166,7 +167,13 @@ class Programs:
         captured = None
         if self.replay and branch == "tenant" and steps:
             captured = capture_steps(migrator, steps, from_heads, branch)
-        return build_program(steps, from_heads, captured, operation, ddl)
+        program = build_program(steps, from_heads, captured, operation, ddl)
+        # Capture waited too long for a lock another transaction held (a
+        # sign-up's own request, say): this program runs through Alembic,
+        # and the next one captures again.
+        program.transient = bool(captured) and any(
+            c.transient for c in captured)
+        return program
 
     def __len__(self):
         return len(self._programs)

@@ -25,6 +25,7 @@ from .execute import ScriptFailed, migrate_in_transaction
 from .names import quote_schema, validate_schema_name
 from .plan import TENANT, branch_heads
 from .reserved import PROVISIONING_LOCK, lock_key
+from .retry import sqlstate
 from .sessions import tenant_execution_options
 from .spares import claim_spare
 from .sql import tenant_lock_sql
@@ -188,12 +189,26 @@ def _create(migrator, schema, connection, registry, request, dbsession):
             schema_translate_map=saved_options.get("schema_translate_map"))
 
 
+#: "unsafe use of new value of enum type": before PostgreSQL 17, an enum
+#: value added in a transaction cannot be used in it.
+_UNSAFE_NEW_ENUM_VALUE = "55P04"
+
+
 def _migrate(migrator, schema, connection):
     try:
         migrate_in_transaction(migrator, connection, schema, "tenant@head")
     except ScriptFailed as exc:
-        raise ProvisioningFailed(schema, exc.revision,
-                                 describe_error(exc.error)) from exc
+        message = describe_error(exc.error)
+        if sqlstate(exc.error) == _UNSAFE_NEW_ENUM_VALUE:
+            message += (
+                "; an earlier revision adds that enum value in an "
+                "autocommit block, and before PostgreSQL 17 a value cannot "
+                "be used in the transaction that added it: a tenant is "
+                "created in one transaction (its request's). Keep spare "
+                "schemas ready (tenantmigrate.spare_schemas: they are made "
+                "outside requests), or create the schema with "
+                "'tenant-migrate <ini> upgrade --create-missing'")
+        raise ProvisioningFailed(schema, exc.revision, message) from exc
 
 
 def _drop(migrator, schema, connection, registry, request, dbsession):

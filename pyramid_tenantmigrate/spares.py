@@ -27,12 +27,13 @@ import uuid
 
 from sqlalchemy import text
 
-from .execute import migrate_in_transaction
+from .execute import build_schema
 from .locking import RunLock
 from .names import quote_schema
 from .plan import TENANT, branch_heads
 from .reserved import SPARE_PREFIX
 from .reserved import SPARES_TABLE as TABLE
+from .tenanthead import older_than_recorded, recorded_tenant_head
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS {table} (
@@ -168,6 +169,18 @@ def _fill(migrator, count):
     table = spares_table(migrator.shared_schema)
     heads = tenant_heads(migrator)
     with migrator.connect() as connection:
+        newer = older_than_recorded(heads, recorded_tenant_head(
+            connection, migrator.shared_schema))
+        connection.rollback()
+        if newer:
+            # This code is older than the database (a deploy in progress):
+            # its spares would be behind, and the new code's are not its
+            # to drop.
+            report.error = (
+                f"the database's tenant head {','.join(newer)} is newer than "
+                f"this code's ({','.join(heads)}): run fill-spares from the "
+                "new code")
+            return report
         with connection.begin():
             if not _table_exists(connection, migrator):
                 if count <= 0:
@@ -202,11 +215,10 @@ def _fill(migrator, count):
         ready = len(keep)
         while ready < count:
             name = SPARE_PREFIX + uuid.uuid4().hex[:16]
+            # Made as a tenant is migrated (autocommit blocks commit for
+            # real), and listed only once whole: nobody claims it before.
+            build_schema(migrator, name)
             with connection.begin():
-                connection.exec_driver_sql(
-                    f"CREATE SCHEMA {quote_schema(name)}")
-                migrate_in_transaction(migrator, connection, name,
-                                       "tenant@head")
                 connection.execute(text(
                     f"INSERT INTO {table} (schema_name, heads) "
                     "VALUES (:name, CAST(:heads AS text[]))"),

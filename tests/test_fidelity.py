@@ -13,6 +13,10 @@ PAIRS = [("tenant_r1", "plain_r1"), ("tenant_r2", "plain_r2")]
 REVISIONS = [f"c{n:02d}" for n in range(1, 15)]
 #: Revisions whose work depends on each tenant: they read the database.
 READING = {"c04", "c07", "c08", "c13"}
+#: c06 uses an enum value c05 adds in an autocommit block: capture runs in
+#: one transaction, where PostgreSQL before 17 does not let it (it cannot
+#: prove c06 replays, so c06 runs through Alembic there).
+BEFORE_17 = {"c06"}
 
 
 @pytest.fixture(params=[True, False], ids=["replay", "alembic"])
@@ -40,8 +44,11 @@ def _both_down(migrator, plain, target_tool, target_plain):
         plain.downgrade(theirs, target_plain)
 
 
-def test_base_to_head_in_one_run_then_down_and_up_again(corpus, db):
+def test_base_to_head_in_one_run_then_down_and_up_again(
+        corpus, db, server_version):
     migrator, plain, replay = corpus
+    alembic_path = READING | (BEFORE_17 if int(server_version) < 170000
+                              else set())
 
     report = _both_up(migrator, plain, "tenant@head", "heads")
     assert_same(db, PAIRS, "base -> head")
@@ -51,7 +58,7 @@ def test_base_to_head_in_one_run_then_down_and_up_again(corpus, db):
         # Per revision: only the revisions that read go through Alembic,
         # the rest of the range replays around them.
         assert paths["tenant_r1"] == {
-            rev: "alembic" if rev in READING else "replay"
+            rev: "alembic" if rev in alembic_path else "replay"
             for rev in REVISIONS}
 
     _both_down(migrator, plain, "tenant@base", "base")

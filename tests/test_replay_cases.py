@@ -6,7 +6,6 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from pyramid_tenantmigrate import commands
 from pyramid_tenantmigrate.provisioning import create_tenant
 
 from .conftest import columns_of, create_schemas, version_of
@@ -279,3 +278,41 @@ def test_every_setting_applies_on_both_paths(project, db, replay, tmp_path):
     assert rows == [("1234ms", "56s", "tenant_a, extensions")] * 2
     assert version_of(db, "tenant_a", "tm_version") == ["t2"]
     assert version_of(db, "tenant_a") is None
+
+
+def test_an_enum_value_added_in_a_block_then_used_in_a_new_tenant(
+        project, db, server_version):
+    project.app_factory = "call:tests.apps:main"
+    project.write_ini()
+    project.write_revision("tenant", "t1", None, """
+        op.create_table("people", sa.Column("id", sa.Integer,
+            primary_key=True), sa.Column("mood", sa.Enum("happy", "sad",
+            name="mood")))
+        """)
+    project.write_revision("tenant", "t2", "t1", """
+        with op.get_context().autocommit_block():
+            op.execute("ALTER TYPE mood ADD VALUE 'meh'")
+        """)
+    project.write_revision("tenant", "t3", "t2", """
+        op.execute("INSERT INTO people (mood) VALUES ('meh')")
+        """)
+    create_schemas(db, "tenant_a")
+    project.cli("upgrade", check=0)  # an existing tenant: blocks commit
+    assert version_of(db, "tenant_a") == ["t3"]
+
+    result = project.run("create-tenant", "tenant_new")
+    if int(server_version) >= 170000:
+        assert result.returncode == 0, result.stderr
+    else:
+        # One transaction cannot use the value it added: said, with what
+        # to do instead.
+        assert result.returncode == 1, result.stderr
+        assert "spare_schemas" in result.stderr
+        assert "Traceback" not in result.stderr
+        project.write_ini(**{"tenantmigrate.spare_schemas": "1"})
+        project.cli("fill-spares", check=0)
+        project.run("create-tenant", "tenant_new", check=0)
+    assert version_of(db, "tenant_new") == ["t3"]
+    with db.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT mood::text FROM tenant_new.people").scalar() == "meh"

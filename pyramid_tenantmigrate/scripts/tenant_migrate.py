@@ -17,7 +17,9 @@ from pyramid.paster import bootstrap
 from pyramid.scripts.common import get_config_loader, parse_vars
 
 from .. import autogenerate, commands
+from ..capture import describe_error
 from ..errors import TenantMigrateError, UsageError
+from ..provisioning import create_tenant, drop_tenant
 from ..migrator import TenantMigrator
 from ..run import ConfirmationNeeded
 from ..settings import wait_seconds
@@ -48,6 +50,10 @@ def _wait(text):
         return wait_seconds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+class SubscriberFailed(TenantMigrateError):
+    """The app's code failed while a tenant was created (exit 1)."""
 
 
 def main(argv=sys.argv, quiet=False):
@@ -534,11 +540,20 @@ class TenantMigrateCommand:
         name = self._one_positional(positionals, "tenant name", True)
         env = self._bootstrap_app()
         try:
-            schema = commands.create_tenant(
+            schema = create_tenant(
                 self.migrator, name, registry=env["registry"],
                 request=env["request"])
             self.out(f"Created tenant schema {schema} at the tenant head")
             self._warn_if_unlisted(schema)
+        except TenantMigrateError:
+            raise
+        except Exception as exc:
+            # The app's own TenantCreated subscribers run in the same
+            # transaction, which was rolled back.
+            raise SubscriberFailed(
+                f"creating tenant {name} failed in the app's code (a "
+                f"TenantCreated subscriber?): {describe_error(exc)}; nothing "
+                "was created") from None
         finally:
             env["closer"]()
         return 0
@@ -566,7 +581,7 @@ class TenantMigrateCommand:
                     "name, or pass --yes)")
         env = self._bootstrap_app()
         try:
-            schema = commands.drop_tenant(
+            schema = drop_tenant(
                 self.migrator, name, registry=env["registry"],
                 request=env["request"])
             self.out(f"Dropped tenant schema {schema}; remove it from the "
