@@ -87,43 +87,51 @@ def _replay_one(connection, statements, schema, create_schema=False):
     connection.commit()
 
 
+def _in_threads(jobs, connections, handle):
+    """Run ``handle(connection, job)`` for every job on one thread per
+    connection, each taking the next job from one queue; re-raise the
+    first error. The package has a runner like it; the floor stays free of
+    the package on purpose."""
+    work = queue.Queue()
+    for job in jobs:
+        work.put(job)
+    errors = []
+
+    def worker(connection):
+        try:
+            while True:
+                try:
+                    job = work.get_nowait()
+                except queue.Empty:
+                    return
+                handle(connection, job)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(c,))
+               for c in connections]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
 def replay(url, statements, schemas, connections=1):
     """Timed floor: one transaction per schema, one execute per statement,
     over ``connections`` psycopg2 connections working off one queue.
     Returns the wall-clock seconds (connecting excluded)."""
     conns = [connect(url) for _ in range(connections)]
     try:
+        started = time.perf_counter()
         if connections == 1:
-            started = time.perf_counter()
             for schema in schemas:
                 _replay_one(conns[0], statements, schema)
-            return time.perf_counter() - started
-        work = queue.Queue()
-        for schema in schemas:
-            work.put(schema)
-        errors = []
-
-        def worker(connection):
-            try:
-                while True:
-                    try:
-                        schema = work.get_nowait()
-                    except queue.Empty:
-                        return
-                    _replay_one(connection, statements, schema)
-            except Exception as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(c,)) for c in conns]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        elapsed = time.perf_counter() - started
-        if errors:
-            raise errors[0]
-        return elapsed
+        else:
+            _in_threads(schemas, conns, lambda connection, schema:
+                        _replay_one(connection, statements, schema))
+        return time.perf_counter() - started
     finally:
         for connection in conns:
             connection.close()
@@ -144,49 +152,31 @@ def bulk_apply(url, statements, schemas, connections=2, per_commit=20,
     transaction fit in the lock table), over ``connections`` threads."""
     batches = [schemas[i:i + per_commit]
                for i in range(0, len(schemas), per_commit)]
-    work = queue.Queue()
-    for batch in batches:
-        work.put(batch)
-    errors = []
     done = [0]
     lock = threading.Lock()
 
-    def worker():
-        connection = connect(url)
-        try:
-            while True:
-                try:
-                    batch = work.get_nowait()
-                except queue.Empty:
-                    return
-                with connection.cursor() as cursor:
-                    for schema in batch:
-                        head = [f'CREATE SCHEMA "{schema}"'] \
-                            if create_schema else []
-                        script = ";\n".join(
-                            head + [search_path(schema)]
-                            + for_schema(statements, schema))
-                        cursor.execute(script)
-                        # SET LOCAL lasts until the commit: reset it for
-                        # the next schema of the batch.
-                        cursor.execute("RESET search_path")
-                connection.commit()
-                with lock:
-                    done[0] += len(batch)
-                    if progress:
-                        progress(done[0], len(schemas))
-        except Exception as exc:
-            errors.append(exc)
-        finally:
-            connection.close()
+    def apply(connection, batch):
+        with connection.cursor() as cursor:
+            for schema in batch:
+                head = [f'CREATE SCHEMA "{schema}"'] if create_schema else []
+                cursor.execute(";\n".join(
+                    head + [search_path(schema)]
+                    + for_schema(statements, schema)))
+                # SET LOCAL lasts until the commit: reset it for the next
+                # schema of the batch.
+                cursor.execute("RESET search_path")
+        connection.commit()
+        with lock:
+            done[0] += len(batch)
+            if progress:
+                progress(done[0], len(schemas))
 
-    threads = [threading.Thread(target=worker) for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    conns = [connect(url) for _ in range(connections)]
+    try:
+        _in_threads(batches, conns, apply)
+    finally:
+        for connection in conns:
+            connection.close()
 
 
 def read_versions(url, schemas, per_statement=500):

@@ -379,7 +379,7 @@ def bench(args, tool, url, workdir, stamp):
     log(f"provisioning {args.provision} tenants "
         f"({len(long_project.history)} revisions) and the floor")
     migrator = long_project.migrator()
-    migrator.script  # revision files loaded once, as in a running app
+    _ = migrator.script  # revision files loaded once, as in a running app
     provision_tenant(migrator, "prov_warmup")
     connection = rawsql.connect(url)
     rawsql.provision_floor(connection, provision_sql, "provf_warmup")
@@ -576,7 +576,8 @@ def render_table(results):
         f"(x floor: ratio to the raw-SQL floor (1 rev, serial)"
         f"{'; x floor/W: to the floor over W connections' if parallel else ''}"
         f"; start-up = median of 'tenant-migrate --help', "
-        f"{summary['startup_s']:.3f}s, import only {summary['import_s']:.3f}s; "
+        f"{summary['startup_s']:.3f}s, "
+        f"import only {summary['import_s']:.3f}s; "
         f"baseline extrapolated from {meta['baseline_tenants']} tenants; "
         f"provisioning in-process with one migrator, {p['tenants']} tenants, "
         "vs its own floor)")

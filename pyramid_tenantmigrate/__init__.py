@@ -21,17 +21,46 @@ Layout, following the way a run flows:
 - :mod:`.scripts.tenant_migrate` the ``tenant-migrate`` console script
 - :mod:`.embedded`  the embedded development database
 """
+import importlib
+
 from .errors import (  # noqa: F401
-    ConfigurationError, DatabaseUnavailable, InvalidSchemaName,
-    ProvisioningFailed, StartupRefused, TenantExists, TenantMigrateError,
-    TenantNotFound, TenantSourceUnavailable, UsageError,
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidSchemaName,
+    ProvisioningFailed,
+    StartupRefused,
+    TenantExists,
+    TenantMigrateError,
+    TenantNotFound,
+    TenantSourceUnavailable,
+    UsageError,
 )
 from .events import TenantCreated, TenantDropped  # noqa: F401
-from .migrator import TenantMigrator  # noqa: F401
-from .provisioning import create_tenant, drop_tenant  # noqa: F401
-from .sessions import (  # noqa: F401
-    get_tenant_session, set_tenant, tenant_of,
-)
+
+#: The rest of the public API, imported when first used: ``tenant-migrate
+#: --help`` should not pay for Alembic and SQLAlchemy.
+_LAZY = {
+    "TenantMigrator": ".migrator",
+    "create_tenant": ".provisioning",
+    "drop_tenant": ".provisioning",
+    "get_tenant_session": ".sessions",
+    "set_tenant": ".sessions",
+    "tenant_of": ".sessions",
+}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(
+            f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 
 def includeme(config):
@@ -64,6 +93,7 @@ def includeme(config):
     from pyramid.events import ApplicationCreated
 
     from . import directives
+    from .migrator import TenantMigrator
     from .startup import on_application_created
 
     migrator = TenantMigrator.from_settings(config.get_settings())

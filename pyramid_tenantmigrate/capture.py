@@ -221,7 +221,8 @@ def _attempt(migrator, engine, prefix, steps, branch, recorder, skipped):
         raw.cursor_factory = _CaptureCursor
         transaction = connection.begin()
         try:
-            connection.exec_driver_sql(f"CREATE SCHEMA {quote_schema(scratch)}")
+            connection.exec_driver_sql(
+                f"CREATE SCHEMA {quote_schema(scratch)}")
             connection.exec_driver_sql(search_path_sql(
                 scratch, settings.extra_search_path))
             connection.exec_driver_sql(timeouts_sql(

@@ -20,8 +20,14 @@ from . import autogenerate as autogen
 from . import spares
 from .errors import TenantSourceUnavailable, UsageError
 from .plan import (
-    DOWNGRADE, SHARED, STAMP, TENANT, UPGRADE, StepPlanner,
-    branch_has_revisions, branch_heads,
+    DOWNGRADE,
+    SHARED,
+    STAMP,
+    TENANT,
+    UPGRADE,
+    StepPlanner,
+    branch_has_revisions,
+    branch_heads,
 )
 from .report import BranchStatus, StatusReport
 from .run import RunOptions, run, unfinished_tenants

@@ -46,7 +46,8 @@ def start_embedded_server(data_directory):
             f"the embedded PostgreSQL server in {data_directory} did not "
             f"start: {exc}; see {data_directory}/log"
         ) from exc
-    return server.get_uri().replace("postgresql://", "postgresql+psycopg2://", 1)
+    return server.get_uri().replace(
+        "postgresql://", "postgresql+psycopg2://", 1)
 
 
 def resolve_url(url):

@@ -43,13 +43,28 @@ from .capture import controls_transaction, describe_error, transaction_safe
 from .environment import AlembicSession
 from .names import quote_schema
 from .report import (
-    AHEAD, DONE, FAILED, MISSING, NOT_RUN, UNKNOWN, UNREADABLE,
-    UP_TO_DATE, BranchReport, SchemaResult,
+    AHEAD,
+    DONE,
+    FAILED,
+    MISSING,
+    NOT_RUN,
+    UNKNOWN,
+    UNREADABLE,
+    UP_TO_DATE,
+    BranchReport,
+    SchemaResult,
 )
 from .retry import RETRYABLE, RetryPolicy, sqlstate
 from .sql import (
-    INVALID_INDEXES, VERSION_MOVED, guard_sql, last_step, search_path_sql,
-    step_notice_sql, tenant_lock_sql, tenant_unlock_sql, timeouts_sql,
+    INVALID_INDEXES,
+    VERSION_MOVED,
+    guard_sql,
+    last_step,
+    search_path_sql,
+    step_notice_sql,
+    tenant_lock_sql,
+    tenant_unlock_sql,
+    timeouts_sql,
     version_update_sql,
 )
 from .workers import DatabaseGone, WorkerPool

@@ -29,6 +29,26 @@ from .tenants import discover_tenant_schemas
 from .versions import read_schema_versions
 
 
+def _alembic_understands_path_separator():
+    from importlib.metadata import version
+    major, minor = (int(part) for part in version("alembic").split(".")[:2])
+    return (major, minor) >= (1, 16)
+
+
+#: The Alembic option saying how version_locations is split.
+_PATH_SEPARATOR_OPTION = ("path_separator" if
+                          _alembic_understands_path_separator()
+                          else "version_path_separator")
+
+
+def _revision_files(folder):
+    try:
+        return sorted(name for name in os.listdir(folder)
+                      if name.endswith(".py") and not name.startswith("_"))
+    except OSError:
+        return []
+
+
 def engine_url(url):
     """Return ``url`` (a settings string, checked by
     :func:`.settings.parse_settings`) as the URL the migrator's engine
@@ -101,7 +121,9 @@ class TenantMigrator:
             )
         config = Config()
         config.set_main_option("script_location", self.script_location)
-        config.set_main_option("path_separator", "os")
+        # The two folders joined with os.pathsep; Alembic 1.16 renamed the
+        # option saying so (older ones split on spaces without it).
+        config.set_main_option(_PATH_SEPARATOR_OPTION, "os")
         config.set_main_option("version_locations", os.pathsep.join(
             self.version_path(branch) for branch in ("shared", "tenant")))
         return config
@@ -113,12 +135,21 @@ class TenantMigrator:
             # Load every revision file now, once, so that a broken file is
             # a clear error before anything runs, not a branch that seems
             # to have no revisions.
-            script.revision_map.heads
+            heads = script.revision_map.heads
         except Exception as exc:
             raise ConfigurationError(
                 f"cannot load the revision file {self._culprit(exc)}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        if not heads:
+            files = [name for branch in ("shared", "tenant")
+                     for name in _revision_files(self.version_path(branch))]
+            if files:
+                raise ConfigurationError(
+                    f"Alembic found no revision in {self.script_location}/"
+                    f"versions although it holds {len(files)} revision "
+                    f"file(s) ({', '.join(files[:3])}): is each a revision "
+                    "(revision = '...', down_revision = ...)?")
         return script
 
     def _culprit(self, exc):

@@ -76,7 +76,8 @@ def resolve_destinations(script, operation, target):
     ``tenant@+1`` a position on that branch; a bare revision id the branch it
     belongs to.
     """
-    destinations = _destinations(script, operation, (target or "heads").strip())
+    destinations = _destinations(script, operation,
+                                 (target or "heads").strip())
     for branch, destination in destinations:
         _check_destination(script, branch, destination)
     return destinations

@@ -305,41 +305,13 @@ class StatusReport:
     def render_text(self, verbose=False):
         lines = []
         for branch in self.branches:
-            head = _revs(branch.head)
             if branch.branch == "shared":
-                for schema, heads, behind, exists in branch.schemas:
-                    lines.append(f"shared ({schema}): {_revs(heads)}"
-                                 + _position(heads, branch.head, behind))
-                continue
-            if branch.note:
-                lines.append(f"tenants: cannot be listed: {branch.note}")
-                continue
-            lines.append(f"tenants: {len(branch.schemas)} "
-                         f"(tenant head {head})")
-            groups = {}
-            for schema, heads, behind, exists in branch.schemas:
-                key = (heads, behind) if exists else ("missing", None)
-                groups.setdefault(key, []).append(schema)
-            for (heads, behind), schemas in sorted(
-                    groups.items(), key=lambda kv: -len(kv[1])):
-                if heads == "missing":
-                    label = "schema missing"
-                else:
-                    label = _revs(heads) + _position(heads, branch.head,
-                                                     behind)
-                if verbose:
-                    lines.append(f"  {label}:")
-                    lines.extend(f"    {s}" for s in schemas)
-                else:
-                    shown = ", ".join(schemas[:5])
-                    more = f", ... (+{len(schemas) - 5})" if len(
-                        schemas) > 5 else ""
-                    lines.append(f"  {label}: {len(schemas)} "
-                                 f"({shown}{more})")
-            for name, reason in branch.unreadable.items():
-                lines.append(f"  unreadable {name}: {reason}")
-            for name, reason in branch.rejected.items():
-                lines.append(f"  rejected {name!r}: {reason}")
+                lines.extend(
+                    f"shared ({schema}): {_revs(heads)}"
+                    + _position(heads, branch.head, behind)
+                    for schema, heads, behind, _ in branch.schemas)
+            else:
+                lines.extend(_render_tenants(branch, verbose))
         if self.spares is not None:
             lines.append(f"spares: {self.spares['ready']} ready at the "
                          "tenant head" + (
@@ -347,6 +319,35 @@ class StatusReport:
                              "revision (fill-spares replaces them)"
                              if self.spares["stale"] else ""))
         return "\n".join(lines)
+
+
+def _render_tenants(branch, verbose):
+    """Tenants grouped by revision, biggest group first."""
+    if branch.note:
+        return [f"tenants: cannot be listed: {branch.note}"]
+    count = len(branch.schemas) + len(branch.unreadable)
+    lines = [f"tenants: {count} (tenant head {_revs(branch.head)})"]
+    groups = {}
+    for schema, heads, behind, exists in branch.schemas:
+        key = (heads, behind) if exists else ("missing", None)
+        groups.setdefault(key, []).append(schema)
+    for (heads, behind), schemas in sorted(
+            groups.items(), key=lambda kv: -len(kv[1])):
+        label = ("schema missing" if heads == "missing" else
+                 _revs(heads) + _position(heads, branch.head, behind))
+        if verbose:
+            lines.append(f"  {label}:")
+            lines.extend(f"    {s}" for s in schemas)
+        else:
+            more = (f", ... (+{len(schemas) - 5})" if len(schemas) > 5
+                    else "")
+            lines.append(f"  {label}: {len(schemas)} "
+                         f"({', '.join(schemas[:5])}{more})")
+    lines.extend(f"  unreadable {name}: {reason}"
+                 for name, reason in branch.unreadable.items())
+    lines.extend(f"  rejected {name!r}: {reason}"
+                 for name, reason in branch.rejected.items())
+    return lines
 
 
 def _position(heads, head, behind):

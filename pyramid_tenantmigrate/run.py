@@ -29,8 +29,15 @@ from .errors import TenantSourceUnavailable, UsageError
 from .execute import execute_branch
 from .locking import RunLock
 from .plan import (
-    SHARED, STAMP, TENANT, UPGRADE, StepPlanner, branch_heads,
-    is_relative, plan_branch, resolve_destinations,
+    SHARED,
+    STAMP,
+    TENANT,
+    UPGRADE,
+    StepPlanner,
+    branch_heads,
+    is_relative,
+    plan_branch,
+    resolve_destinations,
 )
 from .report import REJECTED, BranchReport, RunReport, SchemaResult
 from .reserved import PROVISIONING_LOCK, lock_key

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from pyramid.path import AssetResolver, DottedNameResolver
 from pyramid.settings import asbool, aslist
-
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -321,6 +320,38 @@ def _check_url(url, setting):
         )
 
 
+def _script_location(values, here, required):
+    if values["script_location"] is not None:
+        values["script_location"] = resolve_script_location(
+            values["script_location"], here)
+    elif required:
+        raise ConfigurationError(
+            f"setting {PREFIX}script_location is missing: set it to the "
+            "migrations folder (a path, or an asset spec such as "
+            "'myapp:migrations'), then run 'tenant-migrate <ini> init' "
+            "if the folder does not exist yet")
+
+
+def _database_url(values, settings, required):
+    """``tenantmigrate.url``, else ``sqlalchemy.url``, checked; ``None``
+    when not ``required`` and not usable."""
+    url_setting = PREFIX + "url"
+    if values["url"] is None:
+        url_setting = "sqlalchemy.url"
+        values["url"] = _text(settings.get("sqlalchemy.url") or "")
+    if values["url"] is None:
+        if required:
+            raise ConfigurationError(
+                f"no database URL: set {PREFIX}url or sqlalchemy.url")
+        return
+    try:
+        _check_url(values["url"], url_setting)
+    except ConfigurationError:
+        if required:
+            raise
+        values["url"] = None
+
+
 def parse_settings(settings, require_script_location=True,
                    require_url=True):
     """Build :class:`MigrateSettings` from an app's settings dict.
@@ -332,37 +363,8 @@ def parse_settings(settings, require_script_location=True,
     never connects (``init``) go without a usable URL.
     """
     values = _coerce(settings)
-    here = settings.get("here")
-
-    if values["script_location"] is None:
-        if require_script_location:
-            raise ConfigurationError(
-                f"setting {PREFIX}script_location is missing: set it to the "
-                "migrations folder (a path, or an asset spec such as "
-                "'myapp:migrations'), then run 'tenant-migrate <ini> init' "
-                "if the folder does not exist yet"
-            )
-    else:
-        values["script_location"] = resolve_script_location(
-            values["script_location"], here
-        )
-
-    url_setting = PREFIX + "url"
-    if values["url"] is None:
-        url_setting = "sqlalchemy.url"
-        values["url"] = _text(settings.get("sqlalchemy.url") or "")
-    if not require_url:
-        try:
-            _check_url(values["url"] or "", url_setting)
-        except ConfigurationError:
-            values["url"] = None
-    elif values["url"] is None:
-        raise ConfigurationError(
-            f"no database URL: set {PREFIX}url or sqlalchemy.url"
-        )
-    else:
-        _check_url(values["url"], url_setting)
-
+    _script_location(values, settings.get("here"), require_script_location)
+    _database_url(values, settings, require_url)
     shared = values["shared_schema"]
     problem = schema_name_problem(shared, shared_schema=None)
     if problem is not None and shared != "public":

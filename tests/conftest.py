@@ -245,10 +245,18 @@ class Project:
         command.stdin = io.TextIOWrapper(io.BytesIO(data))
         cwd = os.getcwd()
         os.chdir(self.root)
+        # As 'python -m' would: the project folder is importable (models
+        # of autogenerate tests), and forgotten afterwards.
+        sys.path.insert(0, self.root)
         try:
             code = command.run()
         finally:
             os.chdir(cwd)
+            sys.path.remove(self.root)
+            for name, module in list(sys.modules.items()):
+                if (getattr(module, "__file__", None) or "").startswith(
+                        self.root + os.sep):
+                    del sys.modules[name]
         result = subprocess.CompletedProcess(
             args, code, command.stdout.getvalue(), command.stderr.getvalue())
         if check is not None:
@@ -258,10 +266,17 @@ class Project:
         return result
 
     def run(self, *args, check=None, input=None):
-        """Run the real console script; return the CompletedProcess."""
+        """Run the console script, in this process (see :meth:`cli`)."""
+        return self.cli(*args, check=check, input=input)
+
+    def run_process(self, *args, check=None, input=None):
+        """Run the real console script in a process of its own; return the
+        CompletedProcess. For what only a process shows (its exit, its
+        imports, signals)."""
         result = subprocess.run(
-            [sys.executable, "-m", "pyramid_tenantmigrate.scripts.tenant_migrate",
-             self.ini, *args],
+            [sys.executable, "-m",
+             "pyramid_tenantmigrate.scripts.tenant_migrate", self.ini,
+             *args],
             capture_output=True, text=True, cwd=self.root, input=input,
             timeout=300, env=self.env(),
         )

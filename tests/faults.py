@@ -83,45 +83,52 @@ class CommitCutter:
                     pass
 
     def _watch(self, server, client):
-        """Forward the server's messages one by one, looking at each."""
-        buffer = b""
-        in_replay = False
+        """Forward the server's messages, looking at each."""
+        state = {"buffer": b"", "in_replay": False}
         try:
             while True:
                 data = server.recv(65536)
                 if not data:
                     break
-                buffer += data
-                out = b""
-                while len(buffer) >= 5:
-                    kind = buffer[:1]
-                    length = struct.unpack("!I", buffer[1:5])[0]
-                    if len(buffer) < 1 + length:
-                        break
-                    message, buffer = buffer[:1 + length], buffer[1 + length:]
-                    if kind == b"N" and b"tenantmigrate step" in message:
-                        in_replay = True
-                    if (kind == b"C" and message[5:].startswith(b"COMMIT")
-                            and in_replay and self._armed.is_set()):
-                        self._armed.clear()
-                        if out:
-                            client.sendall(out)
-                        self.cut.set()
-                        raise ConnectionAbortedError
-                    if kind == b"Z":
-                        in_replay = False
-                    out += message
+                state["buffer"] += data
+                out, cut = self._messages(state)
                 if out:
                     client.sendall(out)
+                if cut:
+                    self.cut.set()
+                    break
         except OSError:
             pass
         finally:
             for sock in (server, client):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                _close(sock)
+
+    def _messages(self, state):
+        """The complete messages in the buffer, up to a cut if one is
+        due: ``(bytes to forward, cut)``."""
+        out = b""
+        while len(state["buffer"]) >= 5:
+            buffer = state["buffer"]
+            kind = buffer[:1]
+            length = struct.unpack("!I", buffer[1:5])[0]
+            if len(buffer) < 1 + length:
+                break
+            message, state["buffer"] = buffer[:1 + length], buffer[1 + length:]
+            if kind == b"N" and b"tenantmigrate step" in message:
+                state["in_replay"] = True
+            elif kind == b"Z":
+                state["in_replay"] = False
+            elif (kind == b"C" and message[5:].startswith(b"COMMIT")
+                  and state["in_replay"] and self._armed.is_set()):
+                self._armed.clear()
+                return out, True
+            out += message
+        return out, False
+
+
+def _close(sock):
+    for action in (lambda: sock.shutdown(socket.SHUT_RDWR), sock.close):
+        try:
+            action()
+        except OSError:
+            pass

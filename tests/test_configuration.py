@@ -42,7 +42,8 @@ def test_bad_values_name_their_setting():
         parse_settings({"sqlalchemy.url": "postgresql://x/y",
                         "tenantmigrate.script_location": "/tmp",
                         "tenantmigrate.fail_fast": "perhaps"})
-    with pytest.raises(ConfigurationError, match="tenantmigrate.tenant_source"):
+    with pytest.raises(ConfigurationError,
+                       match="tenantmigrate.tenant_source"):
         parse_settings({"sqlalchemy.url": "postgresql://x/y",
                         "tenantmigrate.script_location": "/tmp",
                         "tenantmigrate.tenant_source": "no.such.module:f"})
@@ -57,7 +58,8 @@ def test_bad_values_name_their_setting():
 def test_script_location_as_asset_spec():
     settings = parse_settings({
         "sqlalchemy.url": "postgresql://x/y",
-        "tenantmigrate.script_location": "pyramid_tenantmigrate.demo:migrations",
+        "tenantmigrate.script_location":
+            "pyramid_tenantmigrate.demo:migrations",
     })
     assert settings.script_location.endswith("demo/migrations")
 

@@ -118,7 +118,7 @@ def test_overlapping_runs_shards_and_the_startup_hook_run_each_step_once(
     values, behind = counters(db, tenants)
     assert values == {1: len(tenants)} and not behind
     done = 0
-    for code, stdout, _ in outcomes[:5]:
+    for _, stdout, _ in outcomes[:5]:
         report = json.loads(stdout)
         tenant_branch = [b for b in report["branches"]
                          if b["branch"] == "tenant"][0]

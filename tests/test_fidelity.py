@@ -6,7 +6,11 @@ import pytest
 
 from .conftest import create_schemas
 from .differential import (
-    PlainAlembic, assert_same, install_corpus, tool_downgrade, tool_upgrade,
+    PlainAlembic,
+    assert_same,
+    install_corpus,
+    tool_downgrade,
+    tool_upgrade,
 )
 
 PAIRS = [("tenant_r1", "plain_r1"), ("tenant_r2", "plain_r2")]

@@ -165,7 +165,8 @@ def wait_for_idle_database(db):
         with db.connect() as connection:
             return connection.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                "current_database() AND pid <> pg_backend_pid()")).scalar() == 0
+                "current_database() AND pid <> pg_backend_pid()")
+            ).scalar() == 0
     assert wait_for(idle)
 
 

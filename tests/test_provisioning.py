@@ -8,8 +8,15 @@ from pyramid.config import Configurator
 from sqlalchemy.orm import sessionmaker
 
 from pyramid_tenantmigrate import (
-    InvalidSchemaName, ProvisioningFailed, TenantCreated, TenantDropped,
-    TenantExists, TenantNotFound, commands, create_tenant, drop_tenant,
+    InvalidSchemaName,
+    ProvisioningFailed,
+    TenantCreated,
+    TenantDropped,
+    TenantExists,
+    TenantNotFound,
+    commands,
+    create_tenant,
+    drop_tenant,
 )
 
 from .conftest import create_schemas, schema_exists, tables_of, version_of

@@ -8,7 +8,11 @@ from pyramid_tenantmigrate.plan import StepPlanner, plan_branch
 from pyramid_tenantmigrate.versions import SchemaVersion
 
 from .conftest import (
-    catalog_snapshot, columns_of, create_schemas, tables_of, version_of,
+    catalog_snapshot,
+    columns_of,
+    create_schemas,
+    tables_of,
+    version_of,
 )
 
 RICH_TENANT_HISTORY = [

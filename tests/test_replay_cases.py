@@ -241,7 +241,8 @@ def test_every_setting_applies_on_both_paths(project, db, replay, tmp_path):
     with db.begin() as connection:
         connection.exec_driver_sql("CREATE SCHEMA extensions")
         connection.exec_driver_sql(
-            "CREATE DOMAIN extensions.email AS text CHECK (VALUE LIKE '%%@%%')")
+            "CREATE DOMAIN extensions.email AS text "
+            "CHECK (VALUE LIKE '%%@%%')")
     project.write_ini(**{
         "tenantmigrate.replay": replay,
         "tenantmigrate.extra_search_path": "extensions",
@@ -253,7 +254,8 @@ def test_every_setting_applies_on_both_paths(project, db, replay, tmp_path):
         op.execute("CREATE TABLE contacts (address email)")
         op.execute("CREATE TABLE seen AS SELECT "
                    "current_setting('lock_timeout') AS lock_timeout, "
-                   "current_setting('statement_timeout') AS statement_timeout, "
+                   "current_setting('statement_timeout') "
+                   "AS statement_timeout, "
                    "current_setting('search_path') AS search_path")
         """)
     # This one reads, so it runs through Alembic on either setting.

@@ -4,7 +4,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, declarative_base, sessionmaker
 
 from pyramid_tenantmigrate import (
-    InvalidSchemaName, commands, get_tenant_session, set_tenant, tenant_of,
+    InvalidSchemaName,
+    commands,
+    get_tenant_session,
+    set_tenant,
+    tenant_of,
 )
 
 from .conftest import create_schemas

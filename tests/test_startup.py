@@ -52,7 +52,7 @@ def test_several_processes_starting_at_once_migrate_once(behind, db):
     processes = [_load_app_process(behind) for _ in range(4)]
     outcomes = [p.communicate(timeout=300) + (p.returncode,)
                 for p in processes]
-    for out, err, code in outcomes:
+    for _, err, code in outcomes:
         assert code == 0, err
     with db.connect() as connection:
         rows = connection.execute(sa.text(

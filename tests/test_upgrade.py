@@ -6,7 +6,11 @@ import sqlalchemy as sa
 from pyramid_tenantmigrate import commands
 
 from .conftest import (
-    columns_of, create_schemas, schema_exists, tables_of, version_of,
+    columns_of,
+    create_schemas,
+    schema_exists,
+    tables_of,
+    version_of,
 )
 
 

@@ -13,18 +13,11 @@ import re
 import sys
 import textwrap
 
-from pyramid.paster import bootstrap
-from pyramid.scripts.common import get_config_loader, parse_vars
-
-from .. import autogenerate, commands
-from ..capture import describe_error
 from ..errors import TenantMigrateError, UsageError
-from ..provisioning import create_tenant, drop_tenant
-from ..migrator import TenantMigrator
-from ..run import ConfirmationNeeded
-from ..settings import wait_seconds
-from ..tenants import parse_shard
 from .progress import Progress
+
+# Pyramid, Alembic, SQLAlchemy and the engine are imported by the commands
+# that use them: 'tenant-migrate --help' and bad usage answer at once.
 
 #: What reading or loading an ini file raises when the file is at fault
 #: (missing, malformed, a missing %(var)s): exit 2, not a traceback.
@@ -39,17 +32,34 @@ def _positive_int(text):
     try:
         number = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number, got {text!r}") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
     return number
 
 
 def _wait(text):
+    from ..settings import wait_seconds
     try:
         return wait_seconds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _get_config_loader(config_uri):
+    from pyramid.scripts.common import get_config_loader
+    return get_config_loader(config_uri)
+
+
+def _bootstrap(config_uri, options=None):
+    from pyramid.paster import bootstrap
+    return bootstrap(config_uri, options=options)
+
+
+def _parse_vars(args):
+    from pyramid.scripts.common import parse_vars
+    return parse_vars(args)
 
 
 class SubscriberFailed(TenantMigrateError):
@@ -125,7 +135,7 @@ class TenantMigrateCommand:
 
     # One loader for logging and settings, as pshell does: finding it scans
     # every installed distribution's entry points.
-    get_config_loader = staticmethod(get_config_loader)
+    get_config_loader = staticmethod(_get_config_loader)
     #: Commands that list tenants, and so need the tenant source.
     tenant_commands = frozenset({"upgrade", "downgrade", "stamp", "current"})
     stdout = sys.stdout
@@ -224,7 +234,8 @@ class TenantMigrateCommand:
         p.add_argument("args", nargs="*", metavar="var=value")
 
         p = sub.add_parser("history", help="list revisions")
-        p.add_argument("-r", "--rev-range", help="e.g. tenant@base:tenant@head")
+        p.add_argument("-r", "--rev-range",
+                       help="e.g. tenant@base:tenant@head")
         p.add_argument("-v", "--verbose", action="store_true")
         p.add_argument("args", nargs="*", metavar="var=value")
 
@@ -255,8 +266,8 @@ class TenantMigrateCommand:
             return exc.code
         positionals = [a for a in self.options.args
                        if not _CONFIG_VAR.match(a)]
-        config_vars = parse_vars([a for a in self.options.args
-                                  if _CONFIG_VAR.match(a)])
+        config_vars = _parse_vars([a for a in self.options.args
+                                   if _CONFIG_VAR.match(a)])
         try:
             return self._run(positionals, config_vars)
         except TenantMigrateError as exc:
@@ -271,6 +282,7 @@ class TenantMigrateCommand:
     offline_commands = frozenset({"init"})
 
     def _load(self, config_uri, config_vars):
+        from ..migrator import TenantMigrator
         try:
             loader = self.get_config_loader(config_uri)
             loader.setup_logging(config_vars)
@@ -316,12 +328,14 @@ class TenantMigrateCommand:
     # One method per command, each a thin layer over commands.*
 
     def command_init(self, migrator, positionals):
+        from .. import commands
         directory = self._one_positional(positionals, "directory", False)
         path = commands.init(migrator, directory)
         self.out(f"Wrote a migrations folder in {path}")
         return 0
 
     def command_revision(self, migrator, positionals):
+        from .. import commands
         self._one_positional(positionals, "argument", False)
         script = commands.revision(
             migrator, self.options.message, self.options.branch,
@@ -331,6 +345,7 @@ class TenantMigrateCommand:
         return 0
 
     def command_check(self, migrator, positionals):
+        from .. import autogenerate, commands
         self._one_positional(positionals, "argument", False)
         branches = ((self.options.branch,) if self.options.branch
                     else ("shared", "tenant"))
@@ -346,15 +361,19 @@ class TenantMigrateCommand:
         return 1 if any(differences.values()) else 0
 
     def command_upgrade(self, migrator, positionals):
+        from .. import commands
         target = self._one_positional(positionals, "target", False)
         return self._run_report(commands.upgrade, migrator, target or "heads",
                                 create_missing=self.options.create_missing)
 
     def command_downgrade(self, migrator, positionals):
+        from .. import commands
         target = self._one_positional(positionals, "target", True)
         return self._run_report(commands.downgrade, migrator, target)
 
     def command_stamp(self, migrator, positionals):
+        from .. import commands
+        from ..run import ConfirmationNeeded
         target = self._one_positional(positionals, "target", True)
         try:
             return self._run_report(commands.stamp, migrator, target,
@@ -364,7 +383,8 @@ class TenantMigrateCommand:
                 raise
             self.err(f"{exc}\nType 'yes' to stamp them all the same:")
             if self.stdin.readline().strip() != "yes":
-                raise UsageError("not confirmed; nothing was stamped") from None
+                raise UsageError(
+                    "not confirmed; nothing was stamped") from None
             return self._run_report(commands.stamp, migrator, target,
                                     yes=True)
 
@@ -394,6 +414,7 @@ class TenantMigrateCommand:
         return names
 
     def _run_report(self, fn, migrator, target, **extra):
+        from ..tenants import parse_shard
         options = self.options
         progress = Progress(self.stderr, tty=self.stderr.isatty(),
                             verbose=options.verbose)
@@ -429,6 +450,7 @@ class TenantMigrateCommand:
         return 0 if report.ok else 1
 
     def command_runs(self, migrator, positionals):
+        from .. import commands
         self._one_positional(positionals, "argument", False)
         rows = commands.runs(migrator, self.options.limit)
         if self.options.json:
@@ -452,6 +474,7 @@ class TenantMigrateCommand:
         return 0
 
     def command_current(self, migrator, positionals):
+        from .. import commands
         self._one_positional(positionals, "argument", False)
         status = commands.current(migrator, tenants=self.options.tenant,
                                   exclude_tenants=self.options.exclude_tenant)
@@ -462,6 +485,7 @@ class TenantMigrateCommand:
         return 0
 
     def command_fill_spares(self, migrator, positionals):
+        from .. import commands
         self._one_positional(positionals, "argument", False)
         count = self.options.count
         if count is not None and count < 0:
@@ -475,12 +499,14 @@ class TenantMigrateCommand:
         return 0
 
     def command_history(self, migrator, positionals):
+        from .. import commands
         self._one_positional(positionals, "argument", False)
         commands.history(migrator, self.options.rev_range,
                          self.options.verbose, output=self.stdout)
         return 0
 
     def command_heads(self, migrator, positionals):
+        from .. import commands
         self._one_positional(positionals, "argument", False)
         commands.heads(migrator, self.options.verbose, output=self.stdout)
         return 0
@@ -489,7 +515,7 @@ class TenantMigrateCommand:
     # Tenant provisioning: these bootstrap the app, so a tenant source set in
     # code and the app's TenantCreated subscribers apply as in a request.
 
-    bootstrap = staticmethod(bootstrap)
+    bootstrap = staticmethod(_bootstrap)
     stdin = sys.stdin
 
     def _add_tenant_commands(self, sub):
@@ -513,8 +539,8 @@ class TenantMigrateCommand:
         from ..errors import ConfigurationError
         from ..startup import suppressed
 
-        config_vars = parse_vars([a for a in self.options.args
-                                  if _CONFIG_VAR.match(a)])
+        config_vars = _parse_vars([a for a in self.options.args
+                                   if _CONFIG_VAR.match(a)])
         config_vars.setdefault("__script__", "tenant-migrate")
         try:
             with suppressed():
@@ -537,6 +563,8 @@ class TenantMigrateCommand:
         return env
 
     def command_create_tenant(self, migrator, positionals):
+        from ..capture import describe_error
+        from ..provisioning import create_tenant
         name = self._one_positional(positionals, "tenant name", True)
         env = self._bootstrap_app()
         try:
@@ -570,6 +598,7 @@ class TenantMigrateCommand:
                      "table) or later upgrades will not migrate it")
 
     def command_drop_tenant(self, migrator, positionals):
+        from ..provisioning import drop_tenant
         name = self._one_positional(positionals, "tenant name", True)
         if not self.options.yes:
             self.err(f"Drop tenant schema {name} and ALL its data? Type the "
