@@ -159,52 +159,72 @@ def _positive_int(value):
     return number
 
 
-#: (name, converter, default) for every setting under ``tenantmigrate.``.
+#: Every setting under ``tenantmigrate.``: (name, converter, default, what
+#: it means). The documentation's settings reference is made from it.
 SETTINGS = (
-    # Where the Alembic environment lives: a path or an asset spec
-    # (``myapp:migrations``).
-    ("script_location", _text, None),
-    # Database URL; defaults to the app's own ``sqlalchemy.url``.
-    ("url", _text, None),
-    # The schema that holds shared tables and the shared branch's version.
-    ("shared_schema", _text, "public"),
-    # Name of the version table, in the shared schema and in every tenant.
-    ("version_table", _version_table, "alembic_version"),
-    # Where tenants come from (one of these four):
-    ("tenant_schemas_query", _single_query, None),
-    ("tenant_schema_prefix", _text, None),
-    ("tenant_schema_pattern", _regex, None),
-    ("tenant_source", _text, None),
-    # Schemas searched after the tenant's own while its revisions run, e.g.
-    # the schema holding extensions (citext, uuid-ossp).
-    ("extra_search_path", _aslist_flat, ()),
-    # MetaData objects for autogenerate, as dotted names.
-    ("shared_metadata", _text, None),
-    ("tenant_metadata", _text, None),
-    # Stop a run at the first failing tenant instead of going on.
-    ("fail_fast", _strict_bool, False),
-    # Seconds a run waits for another run's lock; 0 exits at once naming
-    # the holder.
-    ("lock_wait", wait_seconds, 0.0),
-    # Parallel connections for tenant migrations (replayed revisions).
-    ("workers", _positive_int, 4),
-    # Render each revision once and replay its SQL per tenant where it can;
-    # false runs every tenant through Alembic.
-    ("replay", _strict_bool, True),
-    # Per-tenant transaction limits, and retries after a lock timeout.
-    ("lock_timeout", _milliseconds, 3000),
-    ("statement_timeout", _milliseconds, 0),
-    ("lock_retries", _non_negative_int, 3),
-    # Tenant schemas kept ready at the tenant head, so that create_tenant
-    # renames one instead of replaying the history (see spares.py).
-    ("spare_schemas", _non_negative_int, 0),
-    # What happens when the Pyramid app is created by a server (pserve,
-    # gunicorn, waitress): off, check (refuse to start when behind), shared
-    # (upgrade the shared branch), all (shared, then every tenant).
-    ("startup", _startup_mode, "off"),
-    # Seconds a starting process waits for another process's migration run
-    # before refusing to start.
-    ("startup_lock_wait", wait_seconds, 300.0),
+    ("script_location", _text, None,
+     "The migrations folder (env.py, versions/): a path, relative to the "
+     "ini file, or an asset spec such as ``myapp:migrations``. Required."),
+    ("url", _text, None,
+     "The database URL the tool uses; defaults to ``sqlalchemy.url``. The "
+     "tool runs on psycopg2: ``postgresql://`` and "
+     "``postgresql+psycopg2://`` both mean it."),
+    ("shared_schema", _text, "public",
+     "The schema of the shared tables and of the shared branch's version "
+     "table."),
+    ("version_table", _version_table, "alembic_version",
+     "The version table's name, in the shared schema and in every tenant."),
+    ("tenant_schemas_query", _single_query, None,
+     "Tenant source: one SQL query whose first column is the tenant schema "
+     "names (it runs as a subquery)."),
+    ("tenant_schema_prefix", _text, None,
+     "Tenant source: every schema whose name starts with this."),
+    ("tenant_schema_pattern", _regex, None,
+     "Tenant source: every schema whose name matches this (PostgreSQL) "
+     "regular expression."),
+    ("tenant_source", _text, None,
+     "Tenant source: the dotted name of a callable taking a connection and "
+     "returning the tenant schema names."),
+    ("extra_search_path", _aslist_flat, (),
+     "Schemas searched after the tenant's own while its revisions run, "
+     "e.g. the schema holding extensions (citext, uuid-ossp)."),
+    ("shared_metadata", _text, None,
+     "The dotted name of the shared models' ``MetaData`` (autogenerate, "
+     "check)."),
+    ("tenant_metadata", _text, None,
+     "The dotted name of the tenant models' ``MetaData`` (autogenerate, "
+     "check)."),
+    ("fail_fast", _strict_bool, False,
+     "Stop a run at the first failing tenant instead of going on."),
+    ("lock_wait", wait_seconds, 0.0,
+     "Seconds a run waits for another run's lock; 0 exits at once naming "
+     "the holder."),
+    ("workers", _positive_int, 4,
+     "Connections migrating tenants side by side."),
+    ("replay", _strict_bool, True,
+     "Capture each revision once and replay its SQL in every tenant where "
+     "that is proven to be what Alembic does; false runs every revision "
+     "through Alembic in each tenant."),
+    ("lock_timeout", _milliseconds, 3000,
+     "``SET LOCAL lock_timeout`` in each tenant's transaction: a duration "
+     "such as ``500ms``, ``3s`` or ``2min`` (default 3s, in ms above); 0 "
+     "is off."),
+    ("statement_timeout", _milliseconds, 0,
+     "``SET LOCAL statement_timeout`` in each tenant's transaction, as "
+     "``lock_timeout``; off by default (a data migration may take long)."),
+    ("lock_retries", _non_negative_int, 3,
+     "How many times a tenant that hit a lock timeout is tried again, with "
+     "back-off, before it is reported failed."),
+    ("spare_schemas", _non_negative_int, 0,
+     "Tenant schemas kept ready at the tenant head, so that creating a "
+     "tenant is a rename."),
+    ("startup", _startup_mode, "off",
+     "What the app does when a server creates it: ``off``, ``check`` "
+     "(refuse to start while a schema is behind), ``shared`` (upgrade the "
+     "shared branch), ``all`` (the shared branch, then every tenant)."),
+    ("startup_lock_wait", wait_seconds, 300.0,
+     "Seconds a starting process waits for another process's run before "
+     "refusing to start."),
 )
 
 
@@ -246,7 +266,7 @@ class MigrateSettings:
 
 def _coerce(settings):
     values = {}
-    for name, convert, default in SETTINGS:
+    for name, convert, default, _ in SETTINGS:
         raw = settings.get(PREFIX + name)
         if raw is None or (isinstance(raw, str) and not raw.strip()):
             values[name] = default

@@ -66,6 +66,12 @@ class SubscriberFailed(TenantMigrateError):
     """The app's code failed while a tenant was created (exit 1)."""
 
 
+def make_parser():
+    """The console script's argument parser (the docs' CLI reference is
+    made from it)."""
+    return TenantMigrateCommand(["tenant-migrate"]).parser
+
+
 def main(argv=sys.argv, quiet=False):
     """Console script entry point; returns the exit code."""
     command = TenantMigrateCommand(argv, quiet)
