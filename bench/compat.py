@@ -85,7 +85,7 @@ import sqlalchemy as sa  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
 from pyramid_tenantmigrate import commands  # noqa: E402
-from pyramid_tenantmigrate.capture import (  # noqa: E402
+from pyramid_tenantmigrate.engine.capture import (  # noqa: E402
     capture_steps,
     describe_error,
 )
@@ -753,17 +753,21 @@ def run_history(history, server_url, downloads, args):
     except Skip as exc:
         log(f"{history.name}: skipped: {exc}")
         return dict(result, skipped=str(exc))
+    except Exception as exc:  # pip, the network, the archive
+        traceback.print_exc()
+        return dict(result, error=describe_error(exc))
     name = f"compat_{history.name}_{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix=f"compat-{history.name}-") as \
             folder, database(server_url, name, keep=args.keep) as url:
         check = HistoryRun(history, url, folder, args)
         try:
-            result = check.run(files)
+            check.run(files)
         except Exception as exc:
             traceback.print_exc()
-            result = dict(check.result, error=describe_error(exc))
+            check.result["error"] = describe_error(exc)
         finally:
             check.close()
+    result.update(check.result)
     result["seconds"] = time.perf_counter() - started
     return result
 

@@ -1,25 +1,46 @@
 """pyramid_tenantmigrate: Alembic migrations for schema-per-tenant PostgreSQL.
 
-Layout, following the way a run flows:
+Layout, in the order data flows: settings -> tenants -> versions -> plan
+-> execute -> report; the console script and Pyramid are shells around it.
 
-- :mod:`.settings`  every ``tenantmigrate.*`` setting, parsed in one place
-- :mod:`.tenants`   where tenants come from, and which ones a run is for
-- :mod:`.names`     validation and quoting of schema names
-- :mod:`.versions`  every schema's revision, read in one round trip
-- :mod:`.plan`      who is behind and which revisions each schema needs
-- :mod:`.execute`   running a plan, one transaction per schema
-- :mod:`.environment` the bridge called from a project's ``env.py``
-- :mod:`.report`    what a run did, as text and JSON
-- :mod:`.migrator`  the object holding engine, scripts and settings
-- :mod:`.autogenerate` comparing each branch's models with the database
-- :mod:`.commands`  one function per command, as ``alembic.command``
+Foundations:
+
+- :mod:`.settings`    every ``tenantmigrate.*`` setting, parsed in one place
+- :mod:`.errors`      what this package raises, and how errors are shown
+- :mod:`.reserved`    names and lock keys this package reserves in a database
+- :mod:`.names`       validation and quoting of schema names
+- :mod:`.migrator`    the object holding engine, scripts, settings, programs
+- :mod:`.environment` the bridge to a project's ``env.py``; Alembic contexts
+
+A run, stage by stage:
+
+- :mod:`.tenants`     where tenants come from, and which ones a run is for
+- :mod:`.versions`    every schema's revision, read in a few round trips
+- :mod:`.plan`        who is behind and which revisions each schema needs
+- :mod:`.engine`      executing a plan: capture, programs, one transaction
+  per schema (:mod:`.engine.transaction`), the pool
+  (:mod:`.engine.execute`), offline SQL
+- :mod:`.workers`     the one job runner; :mod:`.retry` the one retry policy
+- :mod:`.report`      what a run did, as text and JSON
+- :mod:`.run`         a run: select -> read -> plan -> execute -> record
+- :mod:`.locking`     the run lock; :mod:`.runlog` the record of runs;
+  :mod:`.tenanthead` the tenant head recorded for older app code
+
+Around runs:
+
+- :mod:`.commands`     one function per command, as ``alembic.command``
 - :mod:`.provisioning` creating/dropping a tenant in the caller's transaction
-- :mod:`.events`    ``TenantCreated`` / ``TenantDropped`` for subscribers
-- :mod:`.sessions`  SQLAlchemy sessions scoped to one tenant
-- :mod:`.startup`   the ``tenantmigrate.startup`` hook run when served
-- :mod:`.directives` what ``config.include`` adds to config and requests
+- :mod:`.spares`       tenant schemas made ahead, so a sign-up is a rename
+- :mod:`.autogenerate` comparing each branch's models with the database
+
+Shells:
+
 - :mod:`.scripts.tenant_migrate` the ``tenant-migrate`` console script
-- :mod:`.embedded`  the embedded development database
+- Pyramid: :func:`includeme` (below), :mod:`.directives` (what
+  ``config.include`` adds), :mod:`.startup` (the hook run when served),
+  :mod:`.sessions` (sessions scoped to one tenant), :mod:`.events`
+  (``TenantCreated`` / ``TenantDropped``)
+- :mod:`.embedded`    the embedded development database
 """
 import importlib
 

@@ -43,15 +43,20 @@ from sqlalchemy import create_engine
 from sqlalchemy import types as sa_types
 from sqlalchemy.pool import NullPool
 
+from .engine.sql import search_path_sql
 from .environment import AlembicSession
 from .errors import ConfigurationError, NotUpToDate
 from .names import MAX_IDENTIFIER_BYTES, quote_schema, schema_name_problem
-from .plan import SHARED, TENANT, StepPlanner, branch_has_revisions
-from .plan import branch_heads as _branch_heads
+from .plan import (
+    SHARED,
+    TENANT,
+    StepPlanner,
+    branch_has_revisions,
+    branch_heads,
+)
 from .reserved import AUTOGENERATE_PREFIX as SCRATCH_PREFIX
 from .reserved import OWN_TABLES
 from .settings import PREFIX
-from .sql import search_path_sql
 
 
 def scratch_schema_name():
@@ -104,11 +109,6 @@ def belongs_to(branch, schema, shared_schema):
     return schema is None
 
 
-def branch_heads(script, branch):
-    """The revision ids at the head of ``branch`` (empty if no revision)."""
-    return frozenset(_branch_heads(script, branch))
-
-
 def require_shared_at_head(migrator, connection):
     """Stop with :class:`NotUpToDate` unless the shared schema is at the
     shared branch's head. The tenant comparison builds on the shared
@@ -119,7 +119,7 @@ def require_shared_at_head(migrator, connection):
         "version_table_schema": settings.shared_schema,
     })
     current = frozenset(context.get_current_heads())
-    head = branch_heads(migrator.script, SHARED)
+    head = frozenset(branch_heads(migrator.script, SHARED))
     if current != head:
         raise NotUpToDate(
             f"Target database is not up to date: the shared schema "
@@ -200,7 +200,7 @@ class BranchComparison:
 
     def __call__(self, rev, context):
         script = self.migrator.script
-        if frozenset(rev) != branch_heads(script, self.branch):
+        if frozenset(rev) != frozenset(branch_heads(script, self.branch)):
             raise NotUpToDate(
                 f"Target database is not up to date: {self.branch} is at "
                 f"{','.join(rev) or 'base'}")

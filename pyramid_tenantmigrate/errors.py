@@ -100,3 +100,28 @@ class ProvisioningFailed(TenantMigrateError):
 class StartupRefused(TenantMigrateError):
     """The app refused to start: ``tenantmigrate.startup`` found the
     database behind its migrations, or could not bring it to the heads."""
+
+
+def sqlstate(exc):
+    """The SQLSTATE of a database error (psycopg2, psycopg 3, or either
+    wrapped by SQLAlchemy), or ``None``."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = (getattr(exc, "pgcode", None)
+                or getattr(exc, "sqlstate", None))
+        if code:
+            return code
+        exc = getattr(exc, "orig", None)
+    return None
+
+
+def describe_error(exc):
+    """``Type: message`` on one line, the driver's own message for
+    database errors."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        exc = orig
+    message = " ".join(str(exc).split())
+    name = type(exc).__name__
+    return f"{name}: {message}" if message else name

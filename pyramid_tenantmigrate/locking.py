@@ -32,9 +32,9 @@ import threading
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from .errors import TenantMigrateError
+from .errors import TenantMigrateError, sqlstate
 from .reserved import RUN_LOCK, SHARD_LOCK, lock_key
-from .retry import LOCK_NOT_AVAILABLE, sqlstate
+from .retry import LOCK_NOT_AVAILABLE
 
 _HOLDERS = text("""
 SELECT a.pid, a.application_name, a.client_addr, a.backend_start, l.mode

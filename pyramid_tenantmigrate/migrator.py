@@ -20,9 +20,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from .embedded import resolve_url
+from .engine.program import Programs
 from .environment import read_env_options
 from .errors import ConfigurationError, DatabaseUnavailable
-from .program import Programs
 from .reserved import DRIVER
 from .settings import PREFIX, parse_settings, shown_url
 from .tenants import discover_tenant_schemas

@@ -18,17 +18,22 @@ import logging
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from .capture import describe_error
-from .errors import ProvisioningFailed, TenantExists, TenantNotFound
+from .engine.schema import migrate_in_transaction
+from .engine.sql import tenant_lock_sql
+from .engine.transaction import ScriptFailed
+from .errors import (
+    ProvisioningFailed,
+    TenantExists,
+    TenantNotFound,
+    describe_error,
+    sqlstate,
+)
 from .events import TenantCreated, TenantDropped
-from .execute import ScriptFailed, migrate_in_transaction
 from .names import quote_schema, validate_schema_name
 from .plan import TENANT, branch_heads
 from .reserved import PROVISIONING_LOCK, lock_key
-from .retry import sqlstate
 from .sessions import tenant_execution_options
 from .spares import claim_spare
-from .sql import tenant_lock_sql
 from .tenanthead import older_than_recorded, recorded_tenant_head
 
 log = logging.getLogger(__name__)

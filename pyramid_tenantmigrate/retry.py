@@ -35,17 +35,3 @@ class RetryPolicy:
 
     def wait(self, attempt, sleep=time.sleep):
         sleep(self.delay(attempt))
-
-
-def sqlstate(exc):
-    """The SQLSTATE of a database error (psycopg2, psycopg 3, or either
-    wrapped by SQLAlchemy), or ``None``."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        code = (getattr(exc, "pgcode", None)
-                or getattr(exc, "sqlstate", None))
-        if code:
-            return code
-        exc = getattr(exc, "orig", None)
-    return None

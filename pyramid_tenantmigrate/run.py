@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.exc import DBAPIError
 
-from .errors import TenantSourceUnavailable, UsageError
-from .execute import execute_branch
+from .engine.execute import execute_branch
+from .errors import TenantSourceUnavailable, UsageError, sqlstate
 from .locking import RunLock
 from .plan import (
     SHARED,
@@ -41,7 +41,7 @@ from .plan import (
 )
 from .report import REJECTED, BranchReport, RunReport, SchemaResult
 from .reserved import PROVISIONING_LOCK, lock_key
-from .retry import LOCK_NOT_AVAILABLE, sqlstate
+from .retry import LOCK_NOT_AVAILABLE
 from .runlog import RunRecord, reconcile, retry_tenants
 from .tenanthead import record_tenant_head
 from .tenants import TenantSelection, select_tenants
@@ -144,7 +144,7 @@ def run(migrator, operation, target, options=None):
     destinations = resolve_destinations(migrator.script, operation, target)
     _check_tenant_options(options, destinations)
     if options.sql:
-        from .offline import render_run
+        from .engine.offline import render_run
         return render_run(migrator, operation, destinations, start, options)
     if options.shard:
         destinations = _shard_destinations(migrator, operation, destinations)

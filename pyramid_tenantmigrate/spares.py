@@ -27,7 +27,7 @@ import uuid
 
 from sqlalchemy import text
 
-from .execute import build_schema
+from .engine.schema import build_schema
 from .locking import RunLock
 from .names import quote_schema
 from .plan import TENANT, branch_heads
@@ -47,11 +47,6 @@ CREATE TABLE IF NOT EXISTS {table} (
 def spares_table(shared_schema):
     """The quoted, schema-qualified name of the spares table."""
     return f"{quote_schema(shared_schema)}.{quote_schema(TABLE)}"
-
-
-def tenant_heads(migrator):
-    """The tenant branch's head revisions, as stored in version tables."""
-    return list(branch_heads(migrator.script, TENANT))
 
 
 def _table_exists(connection, migrator):
@@ -89,7 +84,7 @@ def claim_spare(migrator, connection, schema, heads=None):
         "   ORDER BY s.created, s.schema_name"
         "   LIMIT 1 FOR UPDATE OF s SKIP LOCKED"
         ") RETURNING schema_name"), {
-            "heads": sorted(heads or tenant_heads(migrator)),
+            "heads": sorted(heads or branch_heads(migrator.script, TENANT)),
             "prefix": SPARE_PREFIX,
         }).scalar()
     if spare is None:
@@ -108,7 +103,7 @@ def count_spares(migrator, connection):
     ready, total = connection.execute(text(
         "SELECT count(*) FILTER (WHERE heads = CAST(:heads AS text[])), "
         f"count(*) FROM {spares_table(migrator.shared_schema)}"),
-        {"heads": tenant_heads(migrator)}).one()
+        {"heads": list(branch_heads(migrator.script, TENANT))}).one()
     return {"ready": ready, "stale": total - ready}
 
 
@@ -167,7 +162,7 @@ def fill_spares(migrator, count=None, lock_wait=None, locked=False):
 def _fill(migrator, count):
     report = SpareReport()
     table = spares_table(migrator.shared_schema)
-    heads = tenant_heads(migrator)
+    heads = list(branch_heads(migrator.script, TENANT))
     with migrator.connect() as connection:
         newer = older_than_recorded(heads, recorded_tenant_head(
             connection, migrator.shared_schema))

@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from .errors import ConfigurationError, TenantSourceUnavailable, UsageError
+from .errors import (
+    ConfigurationError,
+    TenantSourceUnavailable,
+    UsageError,
+    sqlstate,
+)
 from .names import schema_name_problem
 from .reserved import SPARE_PREFIX
-from .retry import sqlstate
 from .settings import PREFIX
 
 #: SQLSTATEs of a source that queries what does not exist yet (a tenants

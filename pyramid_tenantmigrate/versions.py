@@ -36,6 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from .names import quote_schema
+from .workers import WorkerPool
 
 #: Version tables read per statement (and per transaction; see above).
 BATCH_SIZE = 250
@@ -221,8 +222,6 @@ def _read_in_parallel(connect, batches, version_table, workers, heads,
                       problems):
     """Read ``batches`` over ``workers`` connections of the one job
     runner, each taking the next batch when it is done with one."""
-    from .workers import WorkerPool
-
     guard = threading.Lock()
 
     def work(worker, batch):

@@ -1,5 +1,5 @@
 """migrate_in_transaction: migrations inside a transaction the caller owns."""
-from pyramid_tenantmigrate.execute import migrate_in_transaction
+from pyramid_tenantmigrate.engine.schema import migrate_in_transaction
 
 from .conftest import schema_exists, version_of
 

@@ -3,7 +3,7 @@ import json
 
 import sqlalchemy as sa
 
-from pyramid_tenantmigrate.execute import execute_branch
+from pyramid_tenantmigrate.engine.execute import execute_branch
 from pyramid_tenantmigrate.plan import StepPlanner, plan_branch
 from pyramid_tenantmigrate.versions import SchemaVersion
 
@@ -210,7 +210,7 @@ def test_offline_sql_keeps_percent_signs(project):
 
 def test_provisioning_replay_is_identical_to_a_full_alembic_replay(
         project, db):
-    from pyramid_tenantmigrate.execute import migrate_in_transaction
+    from pyramid_tenantmigrate.engine.schema import migrate_in_transaction
 
     write_rich_history(project)
     project.run("upgrade", "shared", check=0)

@@ -569,7 +569,7 @@ class TenantMigrateCommand:
         return env
 
     def command_create_tenant(self, migrator, positionals):
-        from ..capture import describe_error
+        from ..errors import describe_error
         from ..provisioning import create_tenant
         name = self._one_positional(positionals, "tenant name", True)
         env = self._bootstrap_app()

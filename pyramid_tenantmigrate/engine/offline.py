@@ -9,13 +9,19 @@ taken.
 """
 from alembic.runtime.environment import EnvironmentContext
 
-from .environment import ALEMBIC_LOCK, configure_options
-from .names import quote_schema
-from .plan import SHARED, StepPlanner, plan_branch
-from .report import RENDERED, UP_TO_DATE, BranchReport, RunReport, SchemaResult
+from ..environment import ALEMBIC_LOCK, configure_options
+from ..names import quote_schema
+from ..plan import SHARED, StepPlanner, plan_branch
+from ..report import (
+    RENDERED,
+    UP_TO_DATE,
+    BranchReport,
+    RunReport,
+    SchemaResult,
+)
+from ..tenants import select_tenants
+from ..versions import SchemaVersion
 from .sql import search_path_sql
-from .tenants import select_tenants
-from .versions import SchemaVersion
 
 
 def _revs(heads):

@@ -13,6 +13,7 @@ them for the life of a run, or of a migrator for provisioning.
 import threading
 from dataclasses import dataclass
 
+from ..plan import heads_after
 from .capture import capture_steps
 
 
@@ -95,7 +96,6 @@ def build_program(steps, from_heads, captured=None, operation="upgrade",
     """A program for ``steps`` from ``from_heads``; ``captured`` (one
     :class:`~.capture.CapturedRevision` per step) decides what replays,
     without it every step runs through Alembic."""
-    from .plan import heads_after  # plan imports nothing from here
 
     heads = tuple(from_heads)
     program_steps = []

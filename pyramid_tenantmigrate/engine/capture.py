@@ -51,9 +51,12 @@ import psycopg2.extensions
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-from .environment import ALEMBIC_LOCK, AlembicSession
-from .names import quote_schema
-from .reserved import CAPTURE_PREFIX
+from ..environment import ALEMBIC_LOCK, AlembicSession
+from ..errors import describe_error, sqlstate
+from ..names import quote_schema
+from ..plan import heads_after
+from ..reserved import CAPTURE_PREFIX
+from ..retry import RETRYABLE
 from .sql import search_path_sql, timeouts_sql
 
 #: Statements that end or start the transaction: a revision sending one
@@ -264,7 +267,6 @@ def _prefix_steps(script, heads):
     """The steps from base to ``heads``, as a tenant at ``heads`` had them."""
     if not heads:
         return []
-    from .plan import heads_after  # plan imports nothing from here
 
     steps, current = [], ()
     for head in heads:
@@ -275,7 +277,6 @@ def _prefix_steps(script, heads):
 
 
 def _transient(exc):
-    from .retry import RETRYABLE, sqlstate
     return sqlstate(exc) in RETRYABLE
 
 
@@ -292,17 +293,6 @@ def _watch_operations(impl, recorder):
             recorder.op_depth -= 1
 
     impl._exec = _exec
-
-
-def describe_error(exc):
-    """``Type: message`` on one line, the driver's own message for
-    database errors."""
-    orig = getattr(exc, "orig", None)
-    if orig is not None:
-        exc = orig
-    message = " ".join(str(exc).split())
-    name = type(exc).__name__
-    return f"{name}: {message}" if message else name
 
 
 class _Recorder:

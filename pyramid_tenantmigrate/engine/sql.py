@@ -6,8 +6,8 @@ are integers this package computes.
 """
 import secrets
 
-from .names import quote_schema
-from .reserved import TENANT_LOCK, lock_key
+from ..names import quote_schema
+from ..reserved import TENANT_LOCK, lock_key
 
 #: SQLSTATE the guard raises when a schema's version is not what the
 #: plan read (another run or a sign-up moved it meanwhile).

@@ -1,0 +1,287 @@
+"""Executing a branch's plan: schemas over a pool of connections.
+
+Each pending schema runs its :class:`~.program.Program` in a
+:class:`~.transaction.SchemaRun`, on one of ``workers`` connections
+(:mod:`.workers`). A failure rolls the schema back to exactly where it was
+and is reported with the revision that failed; the run goes on
+(``fail_fast`` stops it). A schema another process moved since planning
+is planned again from where it is. Lock timeouts are retried
+(:mod:`..retry`). A connection lost mid-way is replaced, and the schema's
+version is read again before it is reported, since the server may have
+committed just before the connection went.
+"""
+import threading
+import time
+
+from ..errors import describe_error, sqlstate
+from ..report import (
+    AHEAD,
+    DONE,
+    FAILED,
+    MISSING,
+    NOT_RUN,
+    UNKNOWN,
+    UNREADABLE,
+    UP_TO_DATE,
+    BranchReport,
+    SchemaResult,
+)
+from ..retry import RETRYABLE, RetryPolicy
+from ..workers import DatabaseGone, WorkerPool
+from .sql import VERSION_MOVED, tenant_lock_sql
+from .transaction import SchemaRun, is_disconnect, send_script
+
+#: How many times a schema is planned again because another process moved
+#: it meanwhile, before it is reported.
+MAX_REPLANS = 5
+
+
+class BranchExecution:
+    """Runs a branch's plan over a worker pool; see the module docstring.
+
+    ``programs`` makes the programs (:class:`~.program.Programs`);
+    ``should_stop()`` returns a reason to stop starting schemas (the run
+    lock was lost), or ``None``.
+    """
+
+    def __init__(self, migrator, plan, planner, programs, *, workers=None,
+                 fail_fast=False, create_missing=False, progress=None,
+                 should_stop=None):
+        self.migrator = migrator
+        self.plan = plan
+        self.planner = planner
+        self.programs = programs
+        self.workers = workers or migrator.settings.workers
+        self.fail_fast = fail_fast
+        self.create_missing = create_missing
+        self.progress = progress
+        self.external_stop = should_stop or (lambda: None)
+        self.retry = RetryPolicy(migrator.settings.lock_retries)
+        self.report = BranchReport(plan.branch, plan.operation,
+                                   plan.destination)
+        self._stop_reason = None
+        self._lock = threading.Lock()
+
+    def _record(self, result):
+        with self._lock:
+            self.report.results.append(result)
+            if self.progress is not None:
+                self.progress(self.plan.branch, result)
+            if (self.fail_fast and not result.ok
+                    and self._stop_reason is None):
+                self._stop_reason = (f"--fail-fast stopped the run after "
+                                     f"{result.schema} failed")
+
+    def _should_stop(self):
+        return self._stop_reason or self.external_stop()
+
+    def run(self):
+        plan = self.plan
+        for schema_plan in plan.current:
+            self._record(SchemaResult(schema_plan.schema, UP_TO_DATE,
+                                      schema_plan.from_heads,
+                                      schema_plan.to_heads))
+        for schema_plan in plan.ahead:
+            self._record(SchemaResult(
+                schema_plan.schema, AHEAD, schema_plan.from_heads,
+                schema_plan.from_heads, error=(
+                    f"already at {_revs(schema_plan.from_heads)}, past "
+                    f"{plan.destination}: upgrade does not go down; use "
+                    f"'downgrade {plan.destination}'")))
+        for schema, reason in plan.unplannable.items():
+            self._record(SchemaResult(schema, FAILED, error=reason))
+        for schema, reason in plan.unreadable.items():
+            self._record(SchemaResult(schema, UNREADABLE, error=reason))
+        pending = []
+        for schema_plan in plan.pending:
+            if schema_plan.exists or self.create_missing:
+                pending.append(schema_plan)
+            else:
+                self._record(SchemaResult(
+                    schema_plan.schema, MISSING, schema_plan.from_heads,
+                    schema_plan.to_heads, error=(
+                        "the tenant source lists this schema but it does not "
+                        "exist; create it (tenant-migrate <ini> upgrade "
+                        "--create-missing) or remove it from the tenant "
+                        "source")))
+        if not pending:
+            return self.report, None
+        # Programs of the planned groups are made before any worker
+        # starts: capture runs once per group, here.
+        for schema_plan in pending:
+            self._program(schema_plan.from_heads, schema_plan.steps,
+                          schema_plan.to_heads)
+        pool = WorkerPool(self.migrator.worker_connection,
+                          min(self.workers, len(pending)),
+                          should_stop=self._should_stop)
+        pool.run(pending, self._work)
+        self.report.workers = pool.opened
+        self.report.warnings.extend(pool.warnings)
+        aborted = pool.aborted if pool.aborted != self._stop_reason else None
+        reason = pool.aborted or self._stop_reason or "run stopped"
+        for schema_plan in pool.leftover:
+            self._record(not_attempted(schema_plan, reason))
+        return self.report, aborted
+
+    def _program(self, from_heads, steps, to_heads):
+        return self.programs.get(self.plan.operation, from_heads, steps,
+                                 to_heads, self.plan.branch)
+
+    def _work(self, worker, schema_plan):
+        try:
+            self._record(self._migrate(worker, schema_plan))
+        except DatabaseGone as exc:
+            self._record(not_attempted(
+                schema_plan, f"the database went away: {exc}"))
+
+    def _migrate(self, worker, schema_plan):
+        schema = schema_plan.schema
+        started = time.monotonic()
+        from_heads, steps = schema_plan.from_heads, schema_plan.steps
+        create = not schema_plan.exists
+        attempt = replans = 0
+        while True:
+            program = self._program(from_heads, steps, schema_plan.to_heads)
+            run = SchemaRun(self.migrator, worker.connection, schema,
+                            program, self.plan.branch, create_schema=create)
+            try:
+                heads = run.run()
+            except Exception as exc:
+                error = getattr(exc, "error", exc)
+                state = sqlstate(error)
+                if is_disconnect(exc, worker.connection):
+                    result = self._after_disconnect(
+                        worker, schema_plan, program, run, exc)
+                    result.duration = time.monotonic() - started
+                    return result
+                if not run.abort():
+                    worker.reconnect()
+                if state == VERSION_MOVED and replans < MAX_REPLANS:
+                    replans += 1
+                    found = self._replan(worker, schema_plan)
+                    if isinstance(found, SchemaResult):
+                        found.duration = time.monotonic() - started
+                        return found
+                    from_heads, steps = found
+                    create = False
+                    continue
+                if state in RETRYABLE and not run.committed:
+                    attempt += 1
+                    if self.retry.should_retry(attempt):
+                        self.retry.wait(attempt)
+                        continue
+                result = self._failure(schema_plan, program, run, exc,
+                                       attempt)
+                result.duration = time.monotonic() - started
+                return result
+            return SchemaResult(
+                schema, DONE, schema_plan.from_heads, heads,
+                revisions=program.revisions,
+                duration=time.monotonic() - started,
+                paths=program.paths())
+
+    def _replan(self, worker, schema_plan):
+        """The schema moved since planning: plan it again from where it is.
+        Returns ``(from_heads, steps)``, or a result when nothing is left."""
+        version = self.migrator.read_versions(
+            worker.connection, [schema_plan.schema], workers=1)[
+            schema_plan.schema]
+        heads = version.heads
+        try:
+            steps = self.planner.steps_for(heads)
+        except Exception as exc:
+            return SchemaResult(schema_plan.schema, FAILED, heads, heads,
+                                error=f"cannot plan from {_revs(heads)}: "
+                                      f"{describe_error(exc)}")
+        if not steps:
+            return SchemaResult(
+                schema_plan.schema, UP_TO_DATE, heads, heads,
+                note="moved to the destination by another process while "
+                     "this run was going")
+        return heads, steps
+
+    def _failure(self, schema_plan, program, run, exc, attempt):
+        error = getattr(exc, "error", exc)
+        revision = getattr(exc, "revision", None) or run.current
+        message = describe_error(error)
+        if sqlstate(error) in RETRYABLE:
+            message += (f" (gave up after {attempt} attempts; another "
+                        "transaction holds a lock on this schema's table)")
+        for name, dropped in run.left_invalid:
+            qualified = f'"{schema_plan.schema}"."{name}"'
+            message += (
+                f"; the autocommit block left the INVALID index {name}, "
+                "which was dropped: a re-run builds it again" if dropped else
+                f"; the autocommit block left the INVALID index {name}: "
+                f"drop it (DROP INDEX CONCURRENTLY {qualified}), then re-run")
+        at = run.db_heads if run.committed else schema_plan.from_heads
+        if run.committed:
+            message += (
+                f"; statements of revision {revision} before its "
+                f"autocommit block were committed and its version is "
+                f"still {_revs(at)}, so a re-run runs {revision} again "
+                "from its start")
+        return SchemaResult(schema_plan.schema, FAILED,
+                            schema_plan.from_heads, at, error=message,
+                            failed_revision=revision)
+
+    def _after_disconnect(self, worker, schema_plan, program, run, exc):
+        """The connection went away while this schema ran: find out from
+        the database what happened before reporting it."""
+        error = describe_error(getattr(exc, "error", exc))
+        revision = getattr(exc, "revision", None) or run.current
+        try:
+            worker.reconnect()
+            heads = self._read_under_lock(worker.connection,
+                                          schema_plan.schema)
+        except DatabaseGone:
+            return SchemaResult(
+                schema_plan.schema, UNKNOWN, schema_plan.from_heads, (),
+                error=(f"connection lost ({error}) and the database could "
+                       "not be reached again: whether this schema's last "
+                       "transaction committed is unknown; run "
+                       "'tenant-migrate <ini> current' when it is back"),
+                failed_revision=revision)
+        except Exception as check:
+            return SchemaResult(
+                schema_plan.schema, UNKNOWN, schema_plan.from_heads, (),
+                error=(f"connection lost ({error}); reading the version "
+                       f"again failed: {describe_error(check)}"),
+                failed_revision=revision)
+        if heads == tuple(program.to_heads):
+            return SchemaResult(
+                schema_plan.schema, DONE, schema_plan.from_heads, heads,
+                revisions=program.revisions, paths=program.paths(),
+                note=(f"the connection was lost ({error}) after the server "
+                      "committed; the version was read again"))
+        return SchemaResult(
+            schema_plan.schema, FAILED, schema_plan.from_heads, heads,
+            error=(f"connection lost: {error}; read again, the schema is at "
+                   f"{_revs(heads)}: re-run to finish"),
+            failed_revision=revision)
+
+    def _read_under_lock(self, connection, schema):
+        """The schema's version, read once whoever ran it (the lost
+        connection's backend, still finishing) has let go of its lock."""
+        send_script(connection, ";\n".join([
+            "BEGIN", "SET LOCAL lock_timeout = '60s'",
+            tenant_lock_sql(schema), "COMMIT"]) + ";")
+        return self.migrator.read_versions(connection, [schema],
+                                           workers=1)[schema].heads
+
+
+def not_attempted(schema_plan, reason):
+    """The result of a schema the run did not get to, and why."""
+    return SchemaResult(schema_plan.schema, NOT_RUN, schema_plan.from_heads,
+                        schema_plan.to_heads, error=f"not attempted: {reason}")
+
+
+def _revs(heads):
+    return ",".join(heads) if heads else "base"
+
+
+def execute_branch(migrator, plan, planner, programs, **options):
+    """Run ``plan``; return ``(BranchReport, reason the run stopped or
+    None)``. See :class:`BranchExecution` for the options."""
+    return BranchExecution(migrator, plan, planner, programs,
+                           **options).run()
