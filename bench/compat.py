@@ -145,11 +145,6 @@ HISTORIES = (
     History(
         "optuna", "optuna==5.0.0", "optuna/storages/_rdb/alembic/versions",
         install=True,
-        known_failure=(
-            "can't use a named cursor outside of transactions",
-            "engine bug: v3.0.0.a reads with yield_per() (a psycopg2 named "
-            "cursor), which the tool's autocommit worker connection refuses; "
-            "plain Alembic runs it"),
         note="RDB storage of optuna; data migrations read through an ORM "
              "session; installs optuna (numpy, colorlog, tqdm, PyYAML)"),
     History(
@@ -172,20 +167,13 @@ HISTORIES = (
         install=True,
         setup_sql=("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public",),
         extra_search_path=("public",),
-        # With more workers, a tenant's CREATE INDEX CONCURRENTLY (run
-        # through Alembic, ALEMBIC_LOCK held) waits for another tenant's
-        # transaction, which waits for ALEMBIC_LOCK: the tenant fails after
-        # lock_timeout. An engine bug; --workers 2 shows it.
-        settings=(("tenantmigrate.workers", "1"),),
         note="Prefect server, PostgreSQL history (autocommit blocks, CREATE "
              "INDEX CONCURRENTLY, pg_trgm); pg_trgm made in public first and "
              "public searched after the tenant (one revision creates the "
              "extension, which would otherwise land in the first schema "
              "migrated); installs prefect and its dependencies. 3.8.0, not "
              "newer: c8d5f2a71b3e (3.8.8) sends '%I' through psycopg2 with "
-             "no parameters and fails in plain Alembic too. workers = 1: "
-             "with more, tenants fail on a deadlock between ALEMBIC_LOCK and "
-             "CREATE INDEX CONCURRENTLY (engine bug)"),
+             "no parameters and fails in plain Alembic too"),
 )
 
 
@@ -585,8 +573,38 @@ class HistoryRun:
             if ok:  # what follows starts from tenants at head
                 self.step_by_step(replay, args.step_tenants)
                 self.downgrade(replay, tenants[0], plains[-1])
+            if args.baseline:
+                self.baseline(args.baseline, tenants)
         self.summarise()
         return result
+
+    def baseline(self, python, tenants):
+        """The same base -> head with another installation of the tool
+        (``--baseline``: the Python of a virtualenv holding e.g. the
+        previous version), its console script run in a process, timed;
+        its result is not compared, only timed. What the history imports
+        goes after that virtualenv's own packages, as here."""
+        recreate_schemas(self.db, tenants)
+        imports = getattr(self, "imports", None)
+        code = ("import sys; sys.path.extend(sys.argv[1:2]); "
+                "from pyramid_tenantmigrate.scripts.tenant_migrate import "
+                "main; sys.exit(main(['tenant-migrate'] + sys.argv[2:]))")
+        log(f"{self.history.name}: baseline {python}")
+        with Timer() as timer:
+            done = subprocess.run(
+                [python, "-c", code, imports or "", self.project.ini,
+                 "upgrade", "tenant@head"], capture_output=True, text=True,
+                cwd=self.project.root)
+        if done.returncode != 0:
+            # The other installation's failure is a fact about it, not a
+            # problem of this one: noted, untimed.
+            self.result["baseline_error"] = (
+                f"exited {done.returncode}: "
+                f"{_short(done.stdout + done.stderr, 300)}")
+            log(f"{self.history.name}: baseline "
+                f"{self.result['baseline_error']}")
+            return
+        self.result["baseline_seconds"] = timer.seconds
 
     def reference(self, plains):
         """Plain Alembic base -> head in each reference schema, timed;
@@ -760,6 +778,7 @@ def run_history(history, server_url, downloads, args):
     with tempfile.TemporaryDirectory(prefix=f"compat-{history.name}-") as \
             folder, database(server_url, name, keep=args.keep) as url:
         check = HistoryRun(history, url, folder, args)
+        check.imports = result.get("imports_from")
         try:
             check.run(files)
         except Exception as exc:
@@ -819,16 +838,9 @@ def _short(text, limit=100):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def summary_lines(result):
-    lines = [""]
-    share = result.get("replay_share")
-    lines.append(
-        f"revisions: {len(result.get('revisions', []))}; upgrade steps "
-        f"replayed: {result.get('steps_replayed', 0)}/"
-        f"{result.get('steps', 0)}"
-        + (f" ({share:.0%}, target >= 90%: "
-           f"{'met' if share >= 0.9 else 'NOT met'})"
-           if share is not None else ""))
+def _timing_lines(result):
+    """The times of the run, and of the baseline, against the targets."""
+    lines = []
     a, r = result.get("alembic_seconds"), result.get("replay_seconds")
     if result.get("ratio") is not None:
         ratio = result["ratio"]
@@ -838,6 +850,29 @@ def summary_lines(result):
             f"Alembic path {a:.2f} s, ratio {ratio:.2f} (target <= 0.5: "
             f"{'met' if ratio <= 0.5 else 'NOT met'}); plain Alembic "
             f"{result.get('plain_seconds_per_schema', 0):.2f} s per schema")
+    if result.get("baseline_seconds") and r:
+        b = result["baseline_seconds"]
+        lines.append(
+            f"baseline (--baseline, the same run by another installation): "
+            f"{b:.2f} s; replay / baseline {r / b:.2f} (target <= 0.5: "
+            f"{'met' if r / b <= 0.5 else 'NOT met'})")
+    if result.get("baseline_error"):
+        lines.append(f"baseline (--baseline) failed, not timed: "
+                     f"{result['baseline_error']}")
+    return lines
+
+
+def summary_lines(result):
+    lines = [""]
+    share = result.get("replay_share")
+    lines.append(
+        f"revisions: {len(result.get('revisions', []))}; upgrade steps "
+        f"replayed: {result.get('steps_replayed', 0)}/"
+        f"{result.get('steps', 0)}"
+        + (f" ({share:.1%}, target >= 90%: "
+           f"{'met' if share >= 0.9 else 'NOT met'})"
+           if share is not None else ""))
+    lines.extend(_timing_lines(result))
     if "step_seconds" in result:
         lines.append(f"step by step: {len(result['revisions'])} runs of "
                      f"tenant@+1 in {result['step_seconds']:.1f} s")
@@ -867,6 +902,33 @@ def summary_lines(result):
     lines.append(f"verdict: {verdict(result)} "
                  f"({result.get('seconds', 0):.0f} s)")
     return lines
+
+
+def summary_row(result):
+    """One line of the closing table."""
+    share, ratio = result.get("replay_share"), result.get("ratio")
+    went_through = ratio is not None
+    replay = f"{result['replay_seconds']:.2f}" if went_through else "-"
+    alembic = f"{result['alembic_seconds']:.2f}" if went_through else "-"
+    base = result.get("baseline_seconds")
+    versus = (f"{result['replay_seconds'] / base:.2f}"
+              if base and went_through else "-")
+    return (f"{result['history']:<10} {len(result.get('revisions', [])):>5}"
+            f" {f'{share:.1%}' if share is not None else '-':>9}"
+            f" {len(result.get('differences', [])):>6}"
+            f" {replay:>9} {alembic:>10}"
+            f" {f'{ratio:.2f}' if went_through else '-':>6}"
+            f" {f'{base:.2f}' if base else '-':>11} {versus:>8}"
+            f" {result.get('workers', '-'):>7}  {verdict(result)}")
+
+
+def print_summary(results, out=sys.stdout):
+    print(f"\n{'history':<10} {'revs':>5} {'replayed':>9} {'diffs':>6} "
+          f"{'replay s':>9} {'alembic s':>10} {'ratio':>6} "
+          f"{'baseline s':>11} {'vs base':>8} {'workers':>7}  verdict",
+          file=out)
+    for result in results:
+        print(summary_row(result), file=out)
 
 
 def write_results(results, args, output=None):
@@ -910,6 +972,10 @@ def parse_args(argv):
                              "there (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the databases")
+    parser.add_argument("--baseline", metavar="PYTHON",
+                        help="the Python of another virtualenv holding "
+                             "pyramid_tenantmigrate (e.g. the previous "
+                             "version): base -> head timed with it too")
     parser.add_argument("--output", help="JSON file (default "
                         "bench/results/compat-<timestamp>.json)")
     args = parser.parse_args(argv)
@@ -936,22 +1002,7 @@ def main(argv=None):
             print_table(result)
             sys.stdout.flush()
     path = write_results(results, args, args.output)
-    print(f"\n{'history':<10} {'revs':>5} {'replayed':>9} {'diffs':>6} "
-          f"{'replay s':>9} {'alembic s':>10} {'ratio':>6} {'workers':>7}"
-          "  verdict")
-    for result in results:
-        share, ratio = result.get("replay_share"), result.get("ratio")
-
-        def seconds(key):  # only when both runs went through
-            return f"{result[key]:.2f}" if ratio is not None else "-"
-
-        print(f"{result['history']:<10} {len(result.get('revisions', [])):>5}"
-              f" {f'{share:.0%}' if share is not None else '-':>9}"
-              f" {len(result.get('differences', [])):>6}"
-              f" {seconds('replay_seconds'):>9}"
-              f" {seconds('alembic_seconds'):>10}"
-              f" {f'{ratio:.2f}' if ratio is not None else '-':>6}"
-              f" {result.get('workers', '-'):>7}  {verdict(result)}")
+    print_summary(results)
     print(f"\nresults: {path}")
     return 0 if all(verdict(r) != "FAIL" for r in results) else 1
 

@@ -10,21 +10,92 @@ configures every Alembic context itself, one per schema and connection
 such as ``include_object``, ``on_version_apply`` or ``compare_type``, and
 they apply to every schema, on every path.
 
-Alembic's ``op`` and ``context`` are module globals: two migrations in two
-threads of one process (two sign-ups served by waitress threads, two
-workers of a run) would run in each other's context. Everything that runs
-Alembic code holds :data:`ALEMBIC_LOCK`.
+Alembic's ``op`` and ``context`` are module globals that point at the
+operations object and environment installed last, in any thread: two
+migrations in two threads of one process (two sign-ups served by waitress
+threads, the workers of a run) would run in each other's context.
+:func:`install_thread_proxies` (done on import) makes them point at what
+the calling thread installed, so Alembic code runs in several threads at
+once, each in its own context, as it runs in one.
 """
 import copy
 import threading
 
+from alembic.operations import Operations
 from alembic.runtime.environment import EnvironmentContext
 from alembic.util import CommandError
+from alembic.util.langhelpers import ModuleClsProxy
 
 from .errors import ConfigurationError
 
-#: Held while Alembic code runs in this process (see the module docstring).
-ALEMBIC_LOCK = threading.RLock()
+_local = threading.local()
+_env_lock = threading.Lock()
+
+
+def _installed(cls):
+    """The objects of ``cls`` this thread installed, innermost last."""
+    stacks = getattr(_local, "stacks", None)
+    if stacks is None:
+        stacks = _local.stacks = {}
+    return stacks.setdefault(cls, [])
+
+
+class _ThreadProxy:
+    """Stands in the ``alembic.op`` or ``alembic.context`` module for the
+    object the calling thread installed."""
+
+    def __init__(self, cls):
+        self._cls = cls
+
+    def __getattr__(self, name):
+        installed = _installed(self._cls)
+        if not installed:
+            raise NameError(
+                f"Can't invoke function {name!r}, as the proxy object has "
+                "not yet been established for the Alembic "
+                f"{self._cls.__name__!r} class in this thread.")
+        return getattr(installed[-1], name)
+
+
+def _install_proxy(self):
+    _installed(type(self)).append(self)
+
+
+def _remove_proxy(self):
+    installed = _installed(type(self))
+    if self in installed:
+        del installed[len(installed) - 1 - installed[::-1].index(self)]
+
+
+def _module_getattr(cls, attributes):
+    def __getattr__(name):
+        installed = _installed(cls)
+        if name in attributes and installed:
+            return getattr(installed[-1], name)
+        raise AttributeError(name)
+    return __getattr__
+
+
+def install_thread_proxies():
+    """Make ``alembic.op`` and ``alembic.context`` per thread (see the
+    module docstring). Idempotent; for one thread, nothing changes."""
+    if getattr(ModuleClsProxy, "_tenantmigrate_per_thread", False):
+        return
+    for cls in (Operations, EnvironmentContext):
+        attributes, modules = ModuleClsProxy._setups[cls]
+        for globals_, _ in modules:
+            globals_["_proxy"] = _ThreadProxy(cls)
+            # Plain attributes (context.config) are read from the thread's
+            # object too, through the module's __getattr__.
+            for name in attributes:
+                globals_.pop(name, None)
+            globals_["__getattr__"] = _module_getattr(cls, set(attributes))
+    ModuleClsProxy._install_proxy = _install_proxy
+    ModuleClsProxy._remove_proxy = _remove_proxy
+    ModuleClsProxy._tenantmigrate_per_thread = True
+
+
+install_thread_proxies()
 
 #: Key under which the running job sits in ``Config.attributes``.
 JOB_KEY = "tenantmigrate.job"
@@ -70,7 +141,8 @@ def read_env_options(migrator, as_sql=False):
     migrator keeps them: :meth:`.TenantMigrator.env_options`)."""
     config, script = migrator.alembic_config, migrator.script
     job = _OptionsJob()
-    with ALEMBIC_LOCK:
+    # The job sits in the migrator's config: one reader at a time.
+    with _env_lock:
         config.attributes[JOB_KEY] = job
         try:
             with EnvironmentContext(config, script, as_sql=as_sql,
@@ -133,7 +205,7 @@ class AlembicSession:
         # Read before entering this context: reading runs env.py in one.
         options = configure_options(migrator, schema, branch,
                                     migrator.env_options(), **extra)
-        with ALEMBIC_LOCK, self.env:
+        with self.env:
             self.env.configure(connection=connection, **options)
         self.context = self.env.get_context()
         if autocommit_block is not None:
@@ -158,5 +230,5 @@ class AlembicSession:
         if memo is not None:
             self.context.impl.memo = copy.deepcopy(memo)
         self._queued = list(steps)
-        with ALEMBIC_LOCK, self.env:
+        with self.env:
             self.env.run_migrations()

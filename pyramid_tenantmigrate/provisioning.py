@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from .engine.schema import migrate_in_transaction
-from .engine.sql import tenant_lock_sql
+from .engine.sql import UNSAFE_NEW_ENUM, tenant_lock_sql
 from .engine.transaction import ScriptFailed
 from .errors import (
     ProvisioningFailed,
@@ -194,17 +194,12 @@ def _create(migrator, schema, connection, registry, request, dbsession):
             schema_translate_map=saved_options.get("schema_translate_map"))
 
 
-#: "unsafe use of new value of enum type": before PostgreSQL 17, an enum
-#: value added in a transaction cannot be used in it.
-_UNSAFE_NEW_ENUM_VALUE = "55P04"
-
-
 def _migrate(migrator, schema, connection):
     try:
         migrate_in_transaction(migrator, connection, schema, "tenant@head")
     except ScriptFailed as exc:
         message = describe_error(exc.error)
-        if sqlstate(exc.error) == _UNSAFE_NEW_ENUM_VALUE:
+        if sqlstate(exc.error) == UNSAFE_NEW_ENUM:
             message += (
                 "; an earlier revision adds that enum value in an "
                 "autocommit block, and before PostgreSQL 17 a value cannot "

@@ -19,9 +19,8 @@ waiting). Only a process that finds work calls
 :func:`~pyramid_tenantmigrate.commands.upgrade`, which takes the run's
 advisory lock and plans from versions read *after* taking it: the first
 process migrates, the others wait for it, then find nothing left to do.
-Within one process, Alembic code is serialized by
-:data:`~pyramid_tenantmigrate.environment.ALEMBIC_LOCK` (Alembic's ``op``
-and ``context`` are process globals).
+Within one process, Alembic's ``op`` and ``context`` are per thread
+(:func:`~pyramid_tenantmigrate.environment.install_thread_proxies`).
 """
 import contextlib
 import logging

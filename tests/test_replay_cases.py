@@ -52,8 +52,10 @@ def test_get_bind_inside_try_except_still_does_its_work(project, db):
     for tenant in ("tenant_a", "tenant_b"):
         assert titles(db, tenant) == ["A", "B"]
         assert "extra" in columns_of(db, tenant, "notes")
+    # Its UPDATE's result is never looked at: nothing it did depends on
+    # the tenant, so it replays, UPDATE included.
     paths = tenant_results(report)["tenant_a"]["paths"]
-    assert paths == {"t1": "replay", "t2": "alembic"}
+    assert paths == {"t1": "replay", "t2": "replay"}
 
 
 def test_an_as_sql_branch_runs_its_online_side(project, db):
@@ -282,14 +284,21 @@ def test_every_setting_applies_on_both_paths(project, db, replay, tmp_path):
     assert version_of(db, "tenant_a") is None
 
 
+@pytest.mark.parametrize("reads", [False, True],
+                         ids=["no-read", "with-a-checked-read"])
 def test_an_enum_value_added_in_a_block_then_used_in_a_new_tenant(
-        project, db, server_version):
+        project, db, server_version, reads):
     project.app_factory = "call:tests.apps:main"
     project.write_ini()
-    project.write_revision("tenant", "t1", None, """
+    # With a checked read, create_tenant runs in a savepoint, where
+    # PostgreSQL does not allow the new value: it runs again without.
+    read = ('op.get_bind().execute(sa.text("SELECT 1")).scalar()'
+            if reads else "")
+    project.write_revision("tenant", "t1", None, f"""
         op.create_table("people", sa.Column("id", sa.Integer,
             primary_key=True), sa.Column("mood", sa.Enum("happy", "sad",
             name="mood")))
+        {read}
         """)
     project.write_revision("tenant", "t2", "t1", """
         with op.get_context().autocommit_block():
@@ -318,3 +327,203 @@ def test_an_enum_value_added_in_a_block_then_used_in_a_new_tenant(
     with db.connect() as connection:
         assert connection.exec_driver_sql(
             "SELECT mood::text FROM tenant_new.people").scalar() == "meh"
+
+
+@pytest.mark.parametrize("replay", ["true", "false"])
+def test_a_revision_reading_with_a_server_side_cursor(project, db, replay):
+    project.write_ini(**{"tenantmigrate.replay": replay})
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        query = sa.text("SELECT id, title FROM notes ORDER BY id")
+        rows = op.get_bind().execute(
+            query.execution_options(yield_per=1)).fetchall()
+        for id_, title in rows:
+            op.execute(sa.text("UPDATE notes SET title = :t WHERE id = :i")
+                       .bindparams(t=title * 2, i=id_))
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+
+    project.cli("upgrade", check=0)
+
+    for tenant in ("tenant_a", "tenant_b"):
+        assert titles(db, tenant) == ["aa", "bb"]
+
+
+def test_revisions_through_alembic_run_side_by_side(project, db):
+    """Alembic's op and context are per thread: two workers run two
+    tenants' Alembic steps at once (each sees the other arrive), blocks
+    with CREATE INDEX CONCURRENTLY included."""
+    with db.begin() as connection:
+        # A sequence: what one transaction takes, another sees at once.
+        connection.exec_driver_sql("CREATE SEQUENCE public.arrivals")
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        bind = op.get_bind()
+        if current_schema := bind.execute(sa.text(
+                "SELECT current_schema()")).scalar():
+            if not current_schema.startswith("tenant_"):
+                return  # capture, in its scratch schema: no partner
+        bind.execute(sa.text("SELECT nextval('public.arrivals')"))
+        partner = False
+        for _ in range(100):
+            partner = bind.execute(sa.text(
+                "SELECT last_value >= 2 FROM public.arrivals")).scalar()
+            if partner:
+                break
+            bind.execute(sa.text("SELECT pg_sleep(0.05)"))
+        op.execute(sa.text("CREATE TABLE met AS SELECT :p AS partner")
+                   .bindparams(p=partner))
+        with op.get_context().autocommit_block():
+            op.create_index("ix_title", "notes", ["title"],
+                            postgresql_concurrently=True)
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+
+    project.cli("upgrade", "--workers", "2", check=0)
+
+    with db.connect() as connection:
+        for tenant in ("tenant_a", "tenant_b"):
+            assert connection.exec_driver_sql(
+                f"SELECT partner FROM {tenant}.met").scalar() is True
+            assert index_is_valid(db, tenant, "ix_title") is True
+
+
+def test_indexes_emitted_in_set_order_still_replay(project, db):
+    project.write_revision("tenant", "t1", None, """
+        op.create_table("wide",
+            sa.Column("id", sa.Integer, primary_key=True),
+            *[sa.Column(f"c{n}", sa.Integer) for n in range(8)],
+            *[sa.Index(f"ix_wide_c{n}", f"c{n}") for n in range(8)])
+        """)
+    create_schemas(db, "tenant_a")
+
+    report = upgrade_json(project)
+
+    assert tenant_results(report)["tenant_a"]["paths"] == {"t1": "replay"}
+
+
+def test_a_read_answering_differently_in_a_tenant(project, db, tmp_path):
+    """A revision reading rows replays, checked: in the tenant whose rows
+    are those capture read it replays, in the one whose rows differ it
+    runs through Alembic, and both end as plain Alembic leaves them."""
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        bind = op.get_bind()
+        for id_, title in bind.execute(sa.text(
+                "SELECT id, title FROM notes ORDER BY id")).all():
+            op.execute(sa.text("UPDATE notes SET title = :t WHERE id = :i")
+                       .bindparams(t=f"{title}{id_}", i=id_))
+        op.add_column("notes", sa.Column("extra", sa.Integer))
+        """)
+    plain = PlainAlembic(project, tmp_path)
+    create_schemas(db, "tenant_a", "tenant_b", "plain_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    plain.upgrade("plain_b", "t1")
+    with db.begin() as connection:
+        for schema in ("tenant_b", "plain_b"):
+            connection.exec_driver_sql(
+                f"INSERT INTO {schema}.notes (title) VALUES ('c')")
+
+    report = upgrade_json(project)
+    plain.upgrade("plain_b", "heads")
+
+    paths = {schema: result["paths"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {"tenant_a": {"t2": "replay"},
+                     "tenant_b": {"t2": "alembic"}}
+    assert titles(db, "tenant_a") == ["a1", "b2"]
+    assert titles(db, "tenant_b") == ["a1", "b2", "c3"]
+    assert_same(db, [("tenant_b", "plain_b")], "a read answering otherwise")
+
+
+def test_a_row_count_the_revision_uses(project, db):
+    """``result.rowcount`` of the revision's own UPDATE decides what it
+    does next: replayed with the count checked per tenant."""
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        changed = op.get_bind().execute(sa.text(
+            "UPDATE notes SET title = upper(title) WHERE title < 'c'"
+            )).rowcount
+        op.execute(f"COMMENT ON TABLE notes IS '{changed} changed'")
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO tenant_b.notes (title) VALUES ('bb')")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {"tenant_a": {"t2": "replay"},
+                     "tenant_b": {"t2": "alembic"}}
+    with db.connect() as connection:
+        comments = {schema: connection.exec_driver_sql(
+            f"SELECT obj_description('{schema}.notes'::regclass)").scalar()
+            for schema in ("tenant_a", "tenant_b")}
+    assert comments == {"tenant_a": "2 changed", "tenant_b": "3 changed"}
+
+
+def test_a_read_that_writes_is_not_replayed(project, db):
+    """A read with a side effect (nextval) is not run again to check it:
+    the revision runs through Alembic, and the sequence moves once."""
+    project.write_revision("tenant", "t1", None, NOTES + """
+    op.execute("CREATE SEQUENCE counter")
+    """)
+    project.write_revision("tenant", "t2", "t1", """
+        value = op.get_bind().execute(
+            sa.text("SELECT nextval('counter')")).scalar()
+        op.execute(f"COMMENT ON TABLE notes IS 'took {value}'")
+        """)
+    create_schemas(db, "tenant_a")
+
+    report = upgrade_json(project)
+
+    assert tenant_results(report)["tenant_a"]["paths"]["t2"] == "alembic"
+    with db.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT last_value FROM tenant_a.counter").scalar() == 1
+        assert connection.exec_driver_sql(
+            "SELECT obj_description('tenant_a.notes'::regclass)"
+        ).scalar() == "took 1"
+
+
+def test_a_new_tenant_reading_a_shared_table_that_changed(project, db):
+    """An app process captures once; a tenant revision reads a shared
+    table, which changes before the next sign-up: that sign-up runs the
+    revision through Alembic in its request's transaction (a savepoint),
+    and reads what the table holds now."""
+    project.write_revision("shared", "s1", None, """
+        op.create_table("plans", sa.Column("name", sa.Text))
+        op.execute("INSERT INTO plans VALUES ('basic')")
+        """)
+    project.write_revision("tenant", "t1", None, """
+        names = op.get_bind().execute(sa.text(
+            "SELECT name FROM public.plans ORDER BY name")).scalars().all()
+        op.create_table("limits", sa.Column("plan", sa.Text))
+        for name in names:
+            op.execute(sa.text("INSERT INTO limits VALUES (:n)")
+                       .bindparams(n=name))
+        """)
+    project.cli("upgrade", check=0)
+    migrator = project.migrator()
+    try:
+        with db.begin() as connection:
+            create_tenant(migrator, "tenant_a", connection=connection)
+        with db.begin() as connection:
+            connection.exec_driver_sql(
+                "INSERT INTO public.plans VALUES ('pro')")
+        with db.begin() as connection:
+            create_tenant(migrator, "tenant_b", connection=connection)
+            connection.exec_driver_sql("SELECT 1")  # still usable
+        create_tenant(migrator, "tenant_c")  # captured again: replays
+    finally:
+        migrator.close()
+
+    with db.connect() as connection:
+        limits = {schema: connection.exec_driver_sql(
+            f"SELECT plan FROM {schema}.limits ORDER BY plan"
+        ).scalars().all() for schema in ("tenant_a", "tenant_b", "tenant_c")}
+    assert limits == {"tenant_a": ["basic"], "tenant_b": ["basic", "pro"],
+                      "tenant_c": ["basic", "pro"]}

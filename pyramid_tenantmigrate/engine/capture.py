@@ -17,12 +17,17 @@ Every statement psycopg2 sends is recorded as psycopg2 sends it (bound
 parameters inlined by psycopg2 itself). A revision *replays*, its recorded
 statements being what each tenant runs, only if all of this holds:
 
-- nothing it ran handed the database's answers back to its code: every
+- what the database answered it is what it answers in the tenant: a
   statement run outside Alembic's operations (``op.get_bind().execute``,
-  an inspector, ``metadata.create_all(bind)``, ``Enum.create(checkfirst=
-  True)``) returned no rows and no row count. DDL and ``SET`` return
-  neither; ``SELECT`` and DML through the connection do. Results of
-  ``op.execute`` never reach a revision, so they do not count;
+  an inspector, ``metadata.create_all(bind)``) that returned rows, or
+  whose row count the revision read (``result.rowcount``), is replayed
+  with a check: the same read must give the same rows (a fingerprint
+  computed by the server) in the tenant, the same DML the same row
+  count. Reads that may not run again as they are (a write, ``nextval``,
+  ``FOR UPDATE``, a server-side cursor, a row count through the driver
+  itself) make the revision not replay. A tenant where a check fails
+  runs the revision through Alembic. Results of ``op.execute`` never
+  reach a revision, so they are never checked;
 - no statement failed (a probe inside ``try/except``);
 - no statement names the scratch schema;
 - it sent the same statements both times (values computed in Python, such
@@ -48,16 +53,21 @@ from dataclasses import dataclass, replace
 
 import psycopg2
 import psycopg2.extensions
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.pool import NullPool
 
-from ..environment import ALEMBIC_LOCK, AlembicSession
+from ..environment import AlembicSession
 from ..errors import describe_error, sqlstate
 from ..names import quote_schema
 from ..plan import heads_after
 from ..reserved import CAPTURE_PREFIX
 from ..retry import RETRYABLE
-from .sql import search_path_sql, timeouts_sql
+from .sql import (
+    fingerprint_sql,
+    read_fingerprint,
+    search_path_sql,
+    timeouts_sql,
+)
 
 #: Statements that end or start the transaction: a revision sending one
 #: controls the transaction itself.
@@ -111,10 +121,23 @@ def transaction_safe(statement):
 @dataclass(frozen=True)
 class Statement:
     """One statement a revision sent, as text; ``in_block`` when it ran
-    inside ``autocommit_block()``."""
+    inside ``autocommit_block()``.
+
+    ``check`` is set when the revision used what the statement answered:
+    ``("rows", fingerprint)`` for a read, ``("rowcount", n)`` for DML
+    whose row count it read. Replayed, the statement then checks in each
+    tenant that the answer is the same (:func:`.sql.checked_sql`); where
+    it is not, the tenant runs the revision through Alembic.
+    """
 
     sql: str
     in_block: bool = False
+    check: tuple = None
+
+    @property
+    def replay_sql(self):
+        from .sql import checked_sql
+        return checked_sql(self.sql, self.check)
 
 
 @dataclass(frozen=True)
@@ -161,12 +184,25 @@ def _compare(first, second):
         return first
     if second.reason is not None:
         return replace(first, reason=second.reason)
-    if (first.statements != second.statements
-            or first.memo_after != second.memo_after):
+    # The same statements in another order is fine: SQLAlchemy emits the
+    # indexes of a table in set order, which plain Alembic does per tenant
+    # too (any order it could send is one it sends).
+    ours = sorted(first.statements, key=_order)
+    theirs = sorted(second.statements, key=_order)
+    if ours == theirs and first.memo_after == second.memo_after:
+        return first
+    differs = [a.sql for a, b in zip(ours, theirs) if a != b]
+    if differs and [s.sql for s in ours] == [s.sql for s in theirs]:
         return replace(first, reason=(
-            "sends different SQL each time it runs (a value computed in "
-            "Python, such as uuid4() or the current time?)"))
-    return first
+            "a read answers differently each time it runs (the schema's "
+            f"name, the time, an OID?): {_head(differs[0])}"))
+    return replace(first, reason=(
+        "sends different SQL each time it runs (a value computed in "
+        "Python, such as uuid4() or the current time?)"))
+
+
+def _order(statement):
+    return statement.sql, statement.in_block, repr(statement.check)
 
 
 def _capture(migrator, engine, steps, from_heads, branch):
@@ -218,7 +254,7 @@ def _attempt(migrator, engine, prefix, steps, branch, recorder, skipped):
     one that depended on the skipped revision fails in turn."""
     settings = migrator.settings
     scratch = recorder.scratch
-    with ALEMBIC_LOCK, engine.connect() as connection:
+    with engine.connect() as connection:
         raw = connection.connection.driver_connection
         raw.recorder = recorder
         raw.cursor_factory = _CaptureCursor
@@ -251,6 +287,7 @@ def _run(migrator, connection, scratch, branch, recorder, steps, skipped,
                              autocommit_block=recorder.block)
     if record:
         _watch_operations(session.context.impl, recorder)
+        _watch_results(connection, recorder)
     wrapped = [_SkippedStep(step) if step.revision.revision in skipped
                else _RecordedStep(step, recorder, session) if record
                else _WatchedStep(step, recorder) for step in steps]
@@ -280,6 +317,61 @@ def _transient(exc):
     return sqlstate(exc) in RETRYABLE
 
 
+def _watch_results(connection, recorder):
+    """Results of DML the revision runs itself (``bind.execute(update)``)
+    tell it one thing, how many rows changed: reading ``rowcount`` (or the
+    like) is reading the database; ignoring it is not."""
+    def before(conn, cursor, statement, parameters, context, executemany):
+        recorder.in_sqlalchemy = True  # the cursor takes it back
+
+    def starting(conn, clauseelement, multiparams, params, options):
+        recorder.execute_started = recorder.recorded
+
+    def executed(conn, clauseelement, multiparams, params, options, result):
+        if (recorder.active and recorder.op_depth == 0
+                and not result.returns_rows and recorder.last_sql):
+            sent = range(recorder.execute_started, recorder.recorded)
+            result.__dict__["_tenantmigrate_watch"] = (
+                recorder, sent[0] if len(sent) == 1 else None,
+                _head(recorder.last_sql))
+            result.__class__ = _watched_result_class(type(result))
+
+    event.listen(connection, "before_cursor_execute", before)
+    event.listen(connection, "before_execute", starting)
+    event.listen(connection, "after_execute", executed)
+
+
+#: What a result of DML tells about the database.
+_REVEALING = ("rowcount", "lastrowid", "inserted_primary_key",
+              "returned_defaults")
+_watched_classes = {}
+
+
+def _watched_result_class(cls):
+    """A subclass of ``cls`` noting when what it reveals is read."""
+    if cls not in _watched_classes:
+        def revealing(name):
+            original = getattr(cls, name)
+
+            def get(self):
+                watch = self.__dict__.get("_tenantmigrate_watch")
+                if watch is not None:
+                    recorder, index, statement = watch
+                    if name == "rowcount" and index is not None:
+                        recorder.check_rowcount(index)
+                    else:
+                        recorder.note(f"reads the {name} of a statement it "
+                                      f"ran: {statement}")
+                return original.__get__(self, type(self))
+            return property(get)
+
+        members = {name: revealing(name) for name in _REVEALING
+                   if hasattr(cls, name)}
+        _watched_classes[cls] = type(f"Watched{cls.__name__}", (cls,),
+                                     dict(members, __slots__=()))
+    return _watched_classes[cls]
+
+
 def _watch_operations(impl, recorder):
     """Count the statements Alembic's operations run (``op.*``): their
     results never reach the revision's code."""
@@ -306,8 +398,15 @@ class _Recorder:
         self.captured = []
         #: The revision running now (recorded or not), for failures.
         self.running = None
+        #: A statement of SQLAlchemy's is on its way to the driver (set by
+        #: an event, taken back by the cursor): what its result tells
+        #: reaches the code through a watched result.
+        self.in_sqlalchemy = False
+        self.last_sql = None
+        self.execute_started = 0
         self._revision = None
         self._statements = []
+        self._rowcounts = []
         self._reasons = []
         self._controls_transaction = False
         self._memo_before = None
@@ -316,6 +415,7 @@ class _Recorder:
         self.running = revision
         self._revision = revision
         self._statements = []
+        self._rowcounts = []
         self._reasons = []
         self._controls_transaction = False
         self._memo_before = copy.deepcopy(memo)
@@ -336,20 +436,75 @@ class _Recorder:
         if reason not in self._reasons:
             self._reasons.append(reason)
 
-    def record(self, sql, cursor, failed=False):
+    @property
+    def recorded(self):
+        """How many statements the running revision has sent so far."""
+        return len(self._statements)
+
+    def record(self, sql, cursor, failed=False, via_sqlalchemy=False):
         if self.scratch in sql:
             self.note("names the schema it runs in (the SQL would differ "
                       "per tenant)")
         if failed:
             self.note(f"a statement failed and the revision went on (a "
                       f"probe?): {_head(sql)}")
-        elif self.op_depth == 0:
+        check = None
+        if not failed and self.op_depth == 0:
             if cursor.description is not None:
-                self.note(f"reads the database: {_head(sql)}")
-            elif cursor.rowcount >= 0:
-                self.note("changes rows through the connection (the row "
-                          f"count reaches its code): {_head(sql)}")
-        self._statements.append(Statement(sql, self.in_block))
+                check = self._fingerprint(cursor, sql)
+            elif cursor.rowcount >= 0 and not via_sqlalchemy:
+                # Through the driver itself: whether the revision looks at
+                # the row count cannot be told.
+                self.note("changes rows through the driver (the row count "
+                          f"may reach its code): {_head(sql)}")
+        self._statements.append(Statement(sql, self.in_block, check))
+        self._rowcounts.append(cursor.rowcount)
+        self.last_sql = sql
+
+    def _fingerprint(self, cursor, sql):
+        """The rows a read returned, as the server fingerprints them (to
+        check the same read in each tenant), or ``None`` (and a reason)
+        when the read cannot be run again as it is, read-only."""
+        if cursor.name is not None or self.in_block:
+            self.note(f"reads the database: {_head(sql)}")
+            return None
+        probe = psycopg2.extensions.cursor(cursor.connection)
+        # The answer comes as a notice; the revision's own notices stay.
+        notices = cursor.connection.notices
+        kept = notices[:]
+        notices.clear()
+        try:
+            probe.execute("SAVEPOINT tenantmigrate_read; "
+                          "SET LOCAL transaction_read_only = on; "
+                          "SET LOCAL client_min_messages = notice")
+            try:
+                probe.execute(fingerprint_sql(sql))
+                fingerprint = read_fingerprint(notices)
+            finally:
+                # Released too: statements after a rolled-back savepoint
+                # would run in a subtransaction, where PostgreSQL does not
+                # let an enum value added there be used (c05/c06).
+                probe.execute("ROLLBACK TO SAVEPOINT tenantmigrate_read; "
+                              "RELEASE SAVEPOINT tenantmigrate_read")
+        except psycopg2.Error:
+            fingerprint = None
+        finally:
+            probe.close()
+            notices[:] = kept
+        if fingerprint is None:
+            self.note(f"reads the database (a read that cannot be checked "
+                      f"again: {_head(sql)})")
+            return None
+        return ("rows", fingerprint)
+
+    def check_rowcount(self, index):
+        """The revision read the row count of statement ``index``."""
+        statement = self._statements[index]
+        if statement.in_block:
+            self.note(f"reads the row count of: {_head(statement.sql)}")
+            return
+        self._statements[index] = replace(
+            statement, check=("rowcount", self._rowcounts[index]))
 
     def transaction_control(self, sql):
         self._controls_transaction = True
@@ -455,10 +610,13 @@ class _CaptureCursor(psycopg2.extensions.cursor):
     """Records every statement while a revision runs (see the module
     docstring), and keeps the capture transaction open."""
 
-    def execute(self, query, vars=None):
+    def execute(self, query, vars=None, via_sqlalchemy=None):
         recorder = self.connection.recorder
         if recorder is None:
             return super().execute(query, vars)
+        if via_sqlalchemy is None:
+            via_sqlalchemy = recorder.in_sqlalchemy
+        recorder.in_sqlalchemy = False
         if self.name is not None and recorder.active:
             recorder.note("reads the database through a server-side cursor")
         sql = self.mogrify(query, vars).decode(
@@ -478,12 +636,14 @@ class _CaptureCursor(psycopg2.extensions.cursor):
                 recorder.record(sql, self, failed=True)
             raise
         if recorder.active:
-            recorder.record(sql, self)
+            recorder.record(sql, self, via_sqlalchemy=via_sqlalchemy)
         return None
 
     def executemany(self, query, vars_list):
+        recorder = self.connection.recorder
+        via = recorder.in_sqlalchemy if recorder is not None else False
         for vars in vars_list:
-            self.execute(query, vars)
+            self.execute(query, vars, via_sqlalchemy=via)
 
     def _not_replayable(self, what):
         recorder = self.connection.recorder

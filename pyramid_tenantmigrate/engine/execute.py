@@ -28,12 +28,25 @@ from ..report import (
 )
 from ..retry import RETRYABLE, RetryPolicy
 from ..workers import DatabaseGone, WorkerPool
-from .sql import VERSION_MOVED, tenant_lock_sql
+from .sql import READ_DIFFERS, VERSION_MOVED, tenant_lock_sql
 from .transaction import SchemaRun, is_disconnect, send_script
 
 #: How many times a schema is planned again because another process moved
 #: it meanwhile, before it is reported.
 MAX_REPLANS = 5
+
+
+class _Tries:
+    """Where the next try of a schema starts, and how many were made."""
+
+    def __init__(self, schema_plan):
+        self.from_heads = schema_plan.from_heads
+        self.steps = schema_plan.steps
+        self.create = not schema_plan.exists
+        self.attempt = self.replans = 0
+        #: Revision from which the schema's steps run through Alembic (a
+        #: checked read answered differently there).
+        self.alembic_from = None
 
 
 class BranchExecution:
@@ -135,50 +148,59 @@ class BranchExecution:
                 schema_plan, f"the database went away: {exc}"))
 
     def _migrate(self, worker, schema_plan):
-        schema = schema_plan.schema
         started = time.monotonic()
-        from_heads, steps = schema_plan.from_heads, schema_plan.steps
-        create = not schema_plan.exists
-        attempt = replans = 0
+        tries = _Tries(schema_plan)
         while True:
-            program = self._program(from_heads, steps, schema_plan.to_heads)
-            run = SchemaRun(self.migrator, worker.connection, schema,
-                            program, self.plan.branch, create_schema=create)
+            program = self._program(tries.from_heads, tries.steps,
+                                    schema_plan.to_heads)
+            if tries.alembic_from is not None:
+                program = program.through_alembic_from(tries.alembic_from)
+            run = SchemaRun(self.migrator, worker.connection,
+                            schema_plan.schema, program, self.plan.branch,
+                            create_schema=tries.create)
             try:
                 heads = run.run()
             except Exception as exc:
-                error = getattr(exc, "error", exc)
-                state = sqlstate(error)
-                if is_disconnect(exc, worker.connection):
-                    result = self._after_disconnect(
-                        worker, schema_plan, program, run, exc)
-                    result.duration = time.monotonic() - started
-                    return result
-                if not run.abort():
-                    worker.reconnect()
-                if state == VERSION_MOVED and replans < MAX_REPLANS:
-                    replans += 1
-                    found = self._replan(worker, schema_plan)
-                    if isinstance(found, SchemaResult):
-                        found.duration = time.monotonic() - started
-                        return found
-                    from_heads, steps = found
-                    create = False
+                result = self._after_failure(worker, schema_plan, tries,
+                                             program, run, exc)
+                if result is None:
                     continue
-                if state in RETRYABLE and not run.committed:
-                    attempt += 1
-                    if self.retry.should_retry(attempt):
-                        self.retry.wait(attempt)
-                        continue
-                result = self._failure(schema_plan, program, run, exc,
-                                       attempt)
-                result.duration = time.monotonic() - started
-                return result
-            return SchemaResult(
-                schema, DONE, schema_plan.from_heads, heads,
-                revisions=program.revisions,
-                duration=time.monotonic() - started,
-                paths=program.paths())
+            else:
+                result = SchemaResult(
+                    schema_plan.schema, DONE, schema_plan.from_heads, heads,
+                    revisions=program.revisions, paths=program.paths())
+            result.duration = time.monotonic() - started
+            return result
+
+    def _after_failure(self, worker, schema_plan, tries, program, run, exc):
+        """What a failed try of a schema comes to: ``None`` to try again
+        (``tries`` says how), or the schema's result."""
+        state = sqlstate(getattr(exc, "error", exc))
+        if is_disconnect(exc, worker.connection):
+            return self._after_disconnect(worker, schema_plan, program, run,
+                                          exc)
+        if not run.abort():
+            worker.reconnect()
+        if (state == READ_DIFFERS and exc.revision
+                and program.replaying(exc.revision)):
+            # What this tenant answers is not what capture saw: that
+            # revision and the rest run through Alembic here.
+            tries.alembic_from = exc.revision
+            return None
+        if state == VERSION_MOVED and tries.replans < MAX_REPLANS:
+            tries.replans += 1
+            found = self._replan(worker, schema_plan)
+            if isinstance(found, SchemaResult):
+                return found
+            tries.from_heads, tries.steps = found
+            tries.create = False
+            return None
+        if state in RETRYABLE and not run.committed:
+            tries.attempt += 1
+            if self.retry.should_retry(tries.attempt):
+                self.retry.wait(tries.attempt)
+                return None
+        return self._failure(schema_plan, program, run, exc, tries.attempt)
 
     def _replan(self, worker, schema_plan):
         """The schema moved since planning: plan it again from where it is.
@@ -205,8 +227,19 @@ class BranchExecution:
         revision = getattr(exc, "revision", None) or run.current
         message = describe_error(error)
         if sqlstate(error) in RETRYABLE:
-            message += (f" (gave up after {attempt} attempts; another "
-                        "transaction holds a lock on this schema's table)")
+            if run.in_block:
+                message += (
+                    " (in an autocommit block: CREATE INDEX CONCURRENTLY "
+                    "waits for every older transaction of the database, "
+                    "other tenants' and the app's; raise lock_timeout, or "
+                    "run with fewer --workers)")
+            elif run.committed:
+                message += (" (not tried again: part of the revision was "
+                            "committed)")
+            else:
+                message += (f" (gave up after {attempt} attempts; another "
+                            "transaction holds a lock on this schema's "
+                            "table)")
         for name, dropped in run.left_invalid:
             qualified = f'"{schema_plan.schema}"."{name}"'
             message += (

@@ -9,7 +9,7 @@ taken.
 """
 from alembic.runtime.environment import EnvironmentContext
 
-from ..environment import ALEMBIC_LOCK, configure_options
+from ..environment import configure_options
 from ..names import quote_schema
 from ..plan import SHARED, StepPlanner, plan_branch
 from ..report import (
@@ -104,7 +104,7 @@ def _render_schema(migrator, branch, operation, destination, schema_plan,
         dialect_opts={"paramstyle": "named"},
         as_sql=True, literal_binds=True, output_buffer=out,
         starting_rev=",".join(schema_plan.from_heads) or None)
-    with ALEMBIC_LOCK, env:
+    with env:
         env.configure(**options)
         with env.begin_transaction():
             env.execute(search_path_sql(

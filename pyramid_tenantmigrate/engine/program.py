@@ -11,7 +11,7 @@ does not take the rest of the range with it.
 them for the life of a run, or of a migrator for provisioning.
 """
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..plan import heads_after
 from .capture import capture_steps
@@ -28,7 +28,8 @@ class ProgramStep:
     revision does not replay. ``memo_before`` / ``memo_after``: what
     Alembic remembered between revisions, before and after this one, as
     capture saw it. ``controls_transaction``: the revision commits or
-    rolls back by itself.
+    rolls back by itself. ``checked``: some replayed statement checks a
+    read (it may fail with :data:`.sql.READ_DIFFERS` in a tenant).
     """
 
     step: object
@@ -39,6 +40,7 @@ class ProgramStep:
     memo_before: dict = None
     memo_after: dict = None
     controls_transaction: bool = False
+    checked: bool = False
 
     @property
     def has_block(self):
@@ -74,6 +76,26 @@ class Program:
         return any(step.has_block or step.controls_transaction
                    for step in self.steps)
 
+    @property
+    def checked(self):
+        """Some replayed step checks what a read answers."""
+        return any(step.checked and step.replay is not None
+                   for step in self.steps)
+
+    def replaying(self, revision):
+        """Whether ``revision`` is one of this program's replayed steps."""
+        return any(step.revision == revision and step.replay is not None
+                   for step in self.steps)
+
+    def through_alembic_from(self, revision):
+        """This program with ``revision`` and the ones after it run
+        through Alembic (a checked read answered differently)."""
+        steps, switched = [], False
+        for step in self.steps:
+            switched = switched or step.revision == revision
+            steps.append(replace(step, replay=None) if switched else step)
+        return replace(self, steps=tuple(steps))
+
     def paths(self):
         """``{revision: "replay" | "alembic"}``."""
         return {step.revision: ("replay" if step.replay is not None
@@ -81,13 +103,14 @@ class Program:
 
 
 def _parts(statements):
-    """Group captured statements into (in_block, [sql, ...]) runs."""
+    """Group captured statements into (in_block, [sql, ...]) runs, each as
+    replayed (checked where the revision used the answer)."""
     parts = []
     for statement in statements:
         if parts and parts[-1][0] == statement.in_block:
-            parts[-1][1].append(statement.sql)
+            parts[-1][1].append(statement.replay_sql)
         else:
-            parts.append((statement.in_block, [statement.sql]))
+            parts.append((statement.in_block, [statement.replay_sql]))
     return tuple((block, tuple(sqls)) for block, sqls in parts)
 
 
@@ -111,7 +134,8 @@ def build_program(steps, from_heads, captured=None, operation="upgrade",
             replay=_parts(cap.statements) if cap.replayable else None,
             reason=cap.reason, memo_before=cap.memo_before,
             memo_after=cap.memo_after,
-            controls_transaction=cap.controls_transaction))
+            controls_transaction=cap.controls_transaction,
+            checked=any(st.check is not None for st in cap.statements)))
     return Program(tuple(from_heads), heads, tuple(program_steps),
                    version_table_ddl=version_table_ddl, operation=operation)
 
@@ -174,6 +198,14 @@ class Programs:
         program.transient = bool(captured) and any(
             c.transient for c in captured)
         return program
+
+    def discard(self, program):
+        """Forget ``program``: the next :meth:`get` for it captures again
+        (what it read has changed since)."""
+        with self._lock:
+            for key, kept in list(self._programs.items()):
+                if kept is program:
+                    del self._programs[key]
 
     def __len__(self):
         return len(self._programs)

@@ -7,9 +7,11 @@ is committed, and a request that fails later rolls the schema back.
 commits a tenant run makes, so autocommit blocks run for real.
 Both use the programs the migrator keeps (capture runs once per process).
 """
+from ..errors import sqlstate
 from ..names import quote_schema
 from ..plan import StepPlanner, heads_after
 from ..versions import read_schema_versions
+from .sql import READ_DIFFERS, UNSAFE_NEW_ENUM
 from .transaction import SchemaRun, ScriptFailed, send_script
 
 TENANT_BRANCH = "tenant"
@@ -36,6 +38,45 @@ def migrate_in_transaction(migrator, connection, schema, destination,
         return heads
     program = migrator.programs.get(operation, heads, steps,
                                     heads_after(heads, steps), branch)
+    savepoint = program.checked
+    while True:
+        # A checked read may answer otherwise here (a shared table changed
+        # since this process captured): a savepoint lets the schema run
+        # again from that revision through Alembic, in the same
+        # transaction. Only then: in a subtransaction, PostgreSQL does not
+        # let an enum value added there be used (55P04), which it allows
+        # in a transaction that created the type; on that, the schema
+        # runs again without one.
+        if savepoint:
+            send_script(connection, f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            heads = _in_transaction(migrator, connection, schema, program,
+                                    branch)
+        except ScriptFailed as exc:
+            state = sqlstate(exc.error)
+            if not savepoint or state not in (READ_DIFFERS, UNSAFE_NEW_ENUM):
+                raise
+            send_script(connection, f"ROLLBACK TO SAVEPOINT {_SAVEPOINT}; "
+                                    f"RELEASE SAVEPOINT {_SAVEPOINT}")
+            if _read_differs(program, exc):
+                migrator.programs.discard(program)  # capture again next time
+                program = program.through_alembic_from(exc.revision)
+            savepoint = state == READ_DIFFERS and program.checked
+            continue
+        if savepoint:
+            send_script(connection, f"RELEASE SAVEPOINT {_SAVEPOINT}")
+        return heads
+
+
+_SAVEPOINT = "tenantmigrate_schema"
+
+
+def _read_differs(program, exc):
+    return (sqlstate(exc.error) == READ_DIFFERS and exc.revision
+            and program.replaying(exc.revision))
+
+
+def _in_transaction(migrator, connection, schema, program, branch):
     # Provisioning happens when nobody can see the schema yet: blocks run
     # in their transaction-safe form, in the caller's transaction.
     run = SchemaRun(migrator, connection, schema, program, branch,
@@ -58,14 +99,20 @@ def build_schema(migrator, schema, destination="tenant@head"):
     program = migrator.programs.get("upgrade", (), steps,
                                     heads_after((), steps), TENANT_BRANCH)
     with migrator.run_connection("spares") as connection:
-        run = SchemaRun(migrator, connection, schema, program, TENANT_BRANCH,
-                        create_schema=True)
-        try:
-            run.run()
-        except Exception as exc:
-            run.abort()
-            send_script(connection, f"DROP SCHEMA IF EXISTS "
-                                    f"{quote_schema(schema)} CASCADE")
-            if isinstance(exc, ScriptFailed):
-                raise
-            raise ScriptFailed(exc, run.current) from exc
+        while True:
+            run = SchemaRun(migrator, connection, schema, program,
+                            TENANT_BRANCH, create_schema=True)
+            try:
+                run.run()
+                return
+            except Exception as exc:
+                run.abort()
+                send_script(connection, f"DROP SCHEMA IF EXISTS "
+                                        f"{quote_schema(schema)} CASCADE")
+                if not isinstance(exc, ScriptFailed):
+                    raise ScriptFailed(exc, run.current) from exc
+                if not _read_differs(program, exc):
+                    raise
+                # A read answered otherwise: made again, from that
+                # revision on through Alembic.
+                program = program.through_alembic_from(exc.revision)

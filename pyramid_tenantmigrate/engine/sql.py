@@ -12,6 +12,12 @@ from ..reserved import TENANT_LOCK, lock_key
 #: SQLSTATE the guard raises when a schema's version is not what the
 #: plan read (another run or a sign-up moved it meanwhile).
 VERSION_MOVED = "TMV01"
+#: SQLSTATE a checked statement raises when what it answers in a tenant is
+#: not what it answered in capture: the revision then runs through Alembic.
+READ_DIFFERS = "TMR01"
+#: PostgreSQL's "unsafe use of new value of enum type": an enum value added
+#: in a transaction (before 17), or in a subtransaction, used in it.
+UNSAFE_NEW_ENUM = "55P04"
 _STEP_NOTICE = "tenantmigrate step "
 
 
@@ -117,3 +123,54 @@ INVALID_INDEXES = (
     "JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = %(schema)s AND NOT i.indisvalid")
+
+
+_READ_NOTICE = "tenantmigrate read "
+
+
+def _fingerprint_block(statement, then):
+    """A DO block running ``statement`` and hashing the rows it returns,
+    one at a time as they come (a read of millions of rows takes no more
+    memory than one), then running ``then`` with ``answer``: the hash and
+    the number of rows."""
+    body = (f" DECLARE r record; h text := ''; n bigint := 0; answer text; "
+            f"BEGIN FOR r IN EXECUTE {_dollar_quote(statement)} LOOP "
+            f"h := md5(h || r::text); n := n + 1; END LOOP; "
+            f"answer := h || ':' || n; {then} END ")
+    return f"DO {_dollar_quote(body)}"
+
+
+def fingerprint_sql(statement):
+    """Fingerprint what ``statement`` reads: the answer comes as a notice
+    (see :func:`read_fingerprint`)."""
+    notice = quote_literal(_READ_NOTICE + "%")
+    return _fingerprint_block(statement, f"RAISE NOTICE {notice}, answer;")
+
+
+def read_fingerprint(notices):
+    """The fingerprint :func:`fingerprint_sql` sent, or ``None``."""
+    for notice in reversed(notices):
+        if _READ_NOTICE in notice:
+            return notice.split(_READ_NOTICE, 1)[1].strip()
+    return None
+
+
+def checked_sql(statement, check):
+    """``statement`` as replayed: as it is, or checking in the tenant that
+    it answers what it answered in capture (``check``, see
+    :class:`.capture.Statement`)."""
+    if check is None:
+        return statement
+    kind, expected = check
+    raise_differs = (
+        "RAISE EXCEPTION 'a read of this revision answers differently in "
+        f"this schema' USING ERRCODE = '{READ_DIFFERS}';")
+    if kind == "rows":
+        return _fingerprint_block(
+            statement, f"IF answer IS DISTINCT FROM {quote_literal(expected)}"
+                       f" THEN {raise_differs} END IF;")
+    body = (f" DECLARE answer bigint; BEGIN EXECUTE "
+            f"{_dollar_quote(statement)}; GET DIAGNOSTICS answer = "
+            f"ROW_COUNT; IF answer IS DISTINCT FROM {int(expected)} THEN "
+            f"{raise_differs} END IF; END ")
+    return f"DO {_dollar_quote(body)}"

@@ -32,6 +32,7 @@ from sqlalchemy import event
 from ..environment import AlembicSession
 from ..errors import describe_error, sqlstate
 from ..names import quote_schema
+from ..retry import RETRYABLE, RetryPolicy
 from .capture import controls_transaction, transaction_safe
 from .sql import (
     INVALID_INDEXES,
@@ -46,6 +47,9 @@ from .sql import (
 )
 
 _NO_TIMEOUT = "SET LOCAL lock_timeout = 0"
+#: What a block set for the session, put back (abort() does it on failure).
+_RESET_SESSION = ("RESET search_path; RESET lock_timeout; "
+                  "RESET statement_timeout")
 
 
 class ScriptFailed(Exception):
@@ -109,10 +113,15 @@ def is_disconnect(exc, connection):
 class SchemaRun:
     """One attempt at running a program in one schema.
 
-    ``own`` (default): on a connection of our own in autocommit mode;
-    this object sends ``BEGIN``/``COMMIT``. Otherwise the caller's
-    transaction: no commit, and the caller's settings are put back at the
-    end.
+    ``own`` (default): on a connection of our own, in autocommit mode at
+    the driver; this object sends ``BEGIN``/``COMMIT`` within its scripts,
+    so a schema whose steps all replay takes one round trip. When some step
+    runs through Alembic, the driver holds the transaction instead (a
+    revision may use what needs one, such as a server-side cursor for
+    ``yield_per``), and this object commits through it.
+
+    Otherwise the caller's transaction: no commit, and the caller's
+    settings are put back at the end.
     """
 
     def __init__(self, migrator, connection, schema, program, branch,
@@ -134,7 +143,15 @@ class SchemaRun:
         self.committed = False  # some work committed before the end
         self.in_transaction = False
         self.in_safe_block = False
+        self.in_block = False  # outside any transaction, in a block
         self.left_invalid = []
+        self.driver = own and any(step.replay is None
+                                  for step in program.steps)
+        self.pending_commit = False
+
+    @property
+    def raw(self):
+        return self.connection.connection.driver_connection
 
     # What goes into the buffer, then to the server in one round trip.
 
@@ -148,7 +165,7 @@ class SchemaRun:
 
     def _begin(self, first):
         buffer = self.buffer
-        if self.own:
+        if self.own and not self.driver:
             buffer.append("BEGIN")
         elif first:
             buffer.append(
@@ -186,7 +203,10 @@ class SchemaRun:
 
     def _end(self):
         if self.own:
-            self.buffer.append("COMMIT")
+            if self.driver:
+                self.pending_commit = True  # after the buffer is sent
+            else:
+                self.buffer.append("COMMIT")
             self.in_transaction = False
         else:
             self.buffer.append(
@@ -198,21 +218,25 @@ class SchemaRun:
                 "'tenantmigrate.saved_statement_timeout'), true)")
 
     def _flush(self):
-        if not self.buffer:
-            return
-        sql = ";\n".join(self.buffer) + ";"
-        self.buffer = []
-        try:
-            send_script(self.connection, sql)
-        except ScriptFailed as exc:
-            if exc.revision is None:
-                exc.revision = self.current
-            raise
+        if self.buffer:
+            sql = ";\n".join(self.buffer) + ";"
+            self.buffer = []
+            try:
+                send_script(self.connection, sql)
+            except ScriptFailed as exc:
+                if exc.revision is None:
+                    exc.revision = self.current
+                raise
+        if self.pending_commit:
+            self.pending_commit = False
+            self.raw.commit()
 
     # Running the program.
 
     def run(self):
         """Run the program; return the heads the schema ends at."""
+        if self.driver:
+            self.raw.autocommit = False
         try:
             return self._run()
         finally:
@@ -255,22 +279,35 @@ class SchemaRun:
         self.current = None
         self._sync_version()
         self._end()
-        if self.session_lock:
-            self.buffer.append(tenant_unlock_sql(self.schema))
-            self.session_lock = False
         self._flush()
+        self._autocommit()
+        if self.session_lock:
+            # Only once committed: the next holder must see the version.
+            send_script(self.connection, tenant_unlock_sql(self.schema))
+            self.session_lock = False
         return self.done_heads
+
+    def _autocommit(self):
+        """Back to autocommit at the driver (the worker's usual mode)."""
+        if self.driver and not self.raw.autocommit:
+            self.raw.autocommit = True
 
     def abort(self):
         """After a failure: roll back (own transaction), put session
         settings back and let go of a session lock. Returns False when the
         connection is unusable."""
         self.buffer = []
+        self.pending_commit = False
         self._close_session()
         if not self.own:
             return True
-        statements = ["ROLLBACK", "RESET search_path", "RESET lock_timeout",
-                      "RESET statement_timeout"]
+        try:
+            if self.driver:
+                self.raw.rollback()
+                self._autocommit()
+        except Exception:
+            return False
+        statements = ["ROLLBACK", _RESET_SESSION]
         if self.session_lock:
             statements.append(tenant_unlock_sql(self.schema))
         try:
@@ -322,16 +359,33 @@ class SchemaRun:
     # Autocommit blocks.
 
     def _block(self, statements):
-        """Replayed statements of an ``autocommit_block()``."""
+        """Replayed statements of an ``autocommit_block()``, each on its
+        own; one that waited too long for a lock is tried again (what it
+        left INVALID dropped first): ``CREATE INDEX CONCURRENTLY`` waits
+        for every older transaction of the database, other tenants' and
+        the app's."""
         if not self.own:
             for sql in statements:
                 safe = transaction_safe(sql)
                 if safe is not None:
                     self.buffer.append(safe)
             return
-        with self._outside_transaction():
+        retry = RetryPolicy(self.settings.lock_retries)
+        with self._outside_transaction() as invalid_before:
             for sql in statements:
-                self._flush_one(sql)
+                attempt = 0
+                while True:
+                    try:
+                        self._flush_one(sql)
+                        break
+                    except ScriptFailed as exc:
+                        attempt += 1
+                        if (sqlstate(exc.error) not in RETRYABLE
+                                or not retry.should_retry(attempt)):
+                            raise
+                        self._drop_new_invalid_indexes(invalid_before,
+                                                       report=False)
+                        retry.wait(attempt)
 
     def _flush_one(self, sql):
         try:
@@ -350,19 +404,22 @@ class SchemaRun:
         self._sync_version()
         self._end()
         self._flush()
+        self._autocommit()
         self.committed = True
         self.buffer.extend(self._settings_sql(local=False))
         self._flush()
         invalid_before = self._invalid_indexes()
+        self.in_block = True
         try:
-            yield
+            yield invalid_before
         except BaseException:
             self._drop_new_invalid_indexes(invalid_before)
             raise
-        finally:
-            if not self.in_transaction:
-                self.buffer.append("RESET search_path; RESET lock_timeout; "
-                                   "RESET statement_timeout")
+        self.in_block = False
+        self.buffer.append(_RESET_SESSION)
+        self._flush()
+        if self.driver:
+            self.raw.autocommit = False
         self._begin(first=False)
         self._flush()
 
@@ -383,7 +440,7 @@ class SchemaRun:
             cursor.execute(INVALID_INDEXES, {"schema": self.schema})
             return {row[0] for row in cursor.fetchall()}
 
-    def _drop_new_invalid_indexes(self, before):
+    def _drop_new_invalid_indexes(self, before, report=True):
         try:
             left = self._invalid_indexes() - before
         except Exception:
@@ -393,6 +450,8 @@ class SchemaRun:
             try:
                 send_script(self.connection,
                             f"DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
-                self.left_invalid.append((name, True))
+                dropped = True
             except Exception:
-                self.left_invalid.append((name, False))
+                dropped = False
+            if report or not dropped:
+                self.left_invalid.append((name, dropped))
