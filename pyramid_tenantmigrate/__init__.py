@@ -32,6 +32,7 @@ Around runs:
 - :mod:`.provisioning` creating/dropping a tenant in the caller's transaction
 - :mod:`.spares`       tenant schemas made ahead, so a sign-up is a rename
 - :mod:`.autogenerate` comparing each branch's models with the database
+- :mod:`.tasks`        an app's function run in each tenant (``run``)
 
 Shells:
 
@@ -39,7 +40,9 @@ Shells:
 - Pyramid: :func:`includeme` (below), :mod:`.directives` (what
   ``config.include`` adds), :mod:`.startup` (the hook run when served),
   :mod:`.sessions` (sessions scoped to one tenant), :mod:`.events`
-  (``TenantCreated`` / ``TenantDropped``)
+  (``TenantCreated`` / ``TenantDropped``), :mod:`.directory` (which
+  schemas are tenants, cached for the app), :mod:`.resolution` (the
+  request's tenant, and its session scoped to it)
 - :mod:`.embedded`    the embedded development database
 """
 import importlib
@@ -54,6 +57,7 @@ from .errors import (  # noqa: F401
     TenantMigrateError,
     TenantNotFound,
     TenantSourceUnavailable,
+    UnknownTenant,
     UsageError,
 )
 from .events import TenantCreated, TenantDropped  # noqa: F401
@@ -66,6 +70,7 @@ _LAZY = {
     "drop_tenant": ".provisioning",
     "get_tenant_session": ".sessions",
     "set_tenant": ".sessions",
+    "clear_tenant": ".sessions",
     "tenant_of": ".sessions",
 }
 
@@ -103,23 +108,33 @@ def includeme(config):
       startup hook tell ``pserve`` from scripts);
     - adds ``request.create_tenant(name)`` and ``request.drop_tenant(name)``,
       which provision in the request's transaction (``request.dbsession``,
-      ``request.tm``) and send ``TenantCreated`` / ``TenantDropped``;
+      ``request.tm``) and send ``TenantCreated`` / ``TenantDropped``, which
+      also keep the app's cached list of tenants current;
+    - adds ``request.tenant`` (reified): the tenant the request names
+      (``tenantmigrate.tenant_from`` or ``config.set_tenant_resolver``),
+      checked against the tenant source. After routing, a request naming
+      anything that is not a tenant gets a 404, and the request's session
+      is scoped to its tenant (see :mod:`.resolution`);
     - subscribes to ``ApplicationCreated``: when the app is served, the
       ``tenantmigrate.startup`` hook checks or upgrades the database
       (``off`` by default; see :mod:`.startup`) before the first request.
 
-    Tenant-scoped sessions need no setup: :func:`set_tenant` /
+    Sessions of other tenants than the request's: :func:`set_tenant` /
     :func:`get_tenant_session` on the app's own sessions.
     """
-    from pyramid.events import ApplicationCreated
+    from pyramid.events import ApplicationCreated, BeforeTraversal
 
-    from . import directives
+    from . import directives, directory, resolution
     from .migrator import TenantMigrator
     from .startup import on_application_created
 
     migrator = TenantMigrator.from_settings(config.get_settings())
     config.registry.tenant_migrator = migrator
+    config.registry.tenant_resolver = resolution.resolver_for(
+        migrator.settings)
     config.add_directive("set_tenant_source", directives.set_tenant_source)
+    config.add_directive("set_tenant_resolver",
+                         directives.set_tenant_resolver)
     config.add_directive("set_tenantmigrate_global_config",
                          directives.set_tenantmigrate_global_config)
     config.add_request_method(directives.request_migrator,
@@ -127,4 +142,9 @@ def includeme(config):
     config.add_request_method(directives.request_create_tenant,
                               "create_tenant")
     config.add_request_method(directives.request_drop_tenant, "drop_tenant")
+    config.add_subscriber(directory.on_tenant_created, TenantCreated)
+    config.add_subscriber(directory.on_tenant_dropped, TenantDropped)
+    config.add_request_method(resolution.request_tenant, "tenant",
+                              reify=True)
+    config.add_subscriber(resolution.scope_request, BeforeTraversal)
     config.add_subscriber(on_application_created, ApplicationCreated)

@@ -50,6 +50,33 @@ def set_tenant_source(config, source):
     config.action(("tenantmigrate", "tenant_source"), register)
 
 
+def set_tenant_resolver(config, resolver):
+    """Set how a request names its tenant, in code: ``resolver(request)``
+    returns a schema name or ``None`` (a callable or its dotted name).
+
+    Added as a method of a Configurator by ``config.include(
+    'pyramid_tenantmigrate')``; replaces the ``tenantmigrate.tenant_from``
+    setting (setting both is a configuration error). ``request.tenant``
+    checks what it returns against the tenant source (see
+    :mod:`.resolution`).
+    """
+    resolver = config.maybe_dotted(resolver)
+    if not callable(resolver):
+        raise ConfigurationError(
+            "set_tenant_resolver() needs a callable taking the request and "
+            f"returning a tenant schema name or None, got {resolver!r}")
+
+    def register():
+        if get_migrator(config.registry).settings.tenant_from is not None:
+            raise ConfigurationError(
+                f"config.set_tenant_resolver() and the setting {PREFIX}"
+                "tenant_from both say where a request's tenant comes from; "
+                "keep one")
+        config.registry.tenant_resolver = resolver
+
+    config.action(("tenantmigrate", "tenant_resolver"), register)
+
+
 def set_tenantmigrate_global_config(config, global_config):
     """Tell the startup hook how the app is loaded: pass the app factory's
     ``global_config``. Its ``__script__`` (set by ``pserve``, ``pshell``,

@@ -80,6 +80,17 @@ class TenantNotFound(UsageError):
                          "dropped")
 
 
+class UnknownTenant(UsageError):
+    """A name given as a tenant (``set_tenant``, a request's tenant) is not
+    one the tenant source lists: the shared schema, a spare, another
+    schema, or nothing at all."""
+
+    def __init__(self, schema):
+        self.schema = schema
+        super().__init__(f"{schema!r} is not a tenant: the tenant source "
+                         "does not list it")
+
+
 class ProvisioningFailed(TenantMigrateError):
     """Bringing a new tenant schema to the tenant head failed.
 

@@ -246,6 +246,13 @@ class TenantMigrator:
         """Return the tenant schema names the configured source lists."""
         return discover_tenant_schemas(connection, self.settings)
 
+    @reify
+    def tenant_directory(self):
+        """The tenant source's list, cached for the app's requests and
+        :func:`.set_tenant` (:class:`~.directory.TenantDirectory`)."""
+        from .directory import TenantDirectory
+        return TenantDirectory(self)
+
     def close(self):
         """Release the engines' pooled connections."""
         for name in ("engine", "run_engine"):

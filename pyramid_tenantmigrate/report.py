@@ -21,6 +21,8 @@ MISSING = "missing"
 AHEAD = "ahead"
 #: The deploy role cannot read the schema or its version table.
 UNREADABLE = "unreadable"
+#: Not at the tenant head: ``run`` did not call its function there.
+BEHIND = "behind"
 #: The connection was lost while the schema's transaction committed, and
 #: the database could not be asked how it ended.
 UNKNOWN = "unknown"
@@ -130,6 +132,8 @@ class RunReport:
     #: Things that went wrong around the schemas (a run record that could
     #: not be written).
     warnings: list = field(default_factory=list)
+    #: Whether the command takes ``--retry-failed`` (a recorded run).
+    retry_failed: bool = True
 
     @property
     def ok(self):
@@ -208,7 +212,8 @@ class RunReport:
                 "cause, then re-run: " + self._retry_hint(failed_tenants)
                 + (f" (or: tenant-migrate {self.config_uri or '<ini>'} "
                    f"{self.command} --retry-failed)"
-                   if len(failed_tenants) > 5 else ""))
+                   if len(failed_tenants) > 5 and self.retry_failed
+                   else ""))
         return "\n".join(lines)
 
     def render_text(self):
@@ -244,8 +249,9 @@ def _render_branch(branch):
     total = len(branch.results)
     parts = [f"{counts[s]} {s}" for s in (
         DONE, RENDERED, UP_TO_DATE, FAILED, UNKNOWN, UNREADABLE, AHEAD,
-        MISSING, REJECTED, NOT_RUN) if counts.get(s)]
-    return (f"tenants: {total} selected, {branch.operation} to "
+        BEHIND, MISSING, REJECTED, NOT_RUN) if counts.get(s)]
+    to = "" if branch.operation == "run" else " to"
+    return (f"tenants: {total} selected, {branch.operation}{to} "
             f"{branch.destination}: " + (", ".join(parts) or "none"))
 
 

@@ -14,7 +14,7 @@ when the transaction ends; nothing is left on the database connection.
 """
 from sqlalchemy import event
 
-from .names import validate_schema_name
+from .errors import ConfigurationError
 
 #: Key in ``Session.info`` holding the tenant the session is scoped to.
 TENANT_KEY = "tenantmigrate.tenant"
@@ -34,29 +34,70 @@ def _apply_tenant(session, transaction, connection):
         connection.execution_options(**tenant_execution_options(schema))
 
 
-def set_tenant(dbsession, schema, shared_schema="public"):
+def _migrator_for(dbsession, migrator):
+    if migrator is not None:
+        return migrator
+    request = dbsession.info.get("request")  # the cookiecutter puts it there
+    registry = getattr(request, "registry", None)
+    if registry is None:
+        from pyramid.threadlocal import get_current_registry
+        registry = get_current_registry()
+    migrator = getattr(registry, "tenant_migrator", None)
+    if migrator is None:
+        raise ConfigurationError(
+            "set_tenant() checks the name against the tenant source: pass "
+            "migrator= (registry.tenant_migrator), or call it inside a "
+            "request of an app that includes pyramid_tenantmigrate")
+    return migrator
+
+
+def set_tenant(dbsession, schema, migrator=None):
     """Scope ``dbsession`` to the tenant ``schema`` from now on.
 
+    ``schema`` must be a tenant the tenant source lists (checked against
+    the migrator's :class:`~.directory.TenantDirectory`): the shared
+    schema, a spare, any other schema and names no schema could have
+    raise :class:`~.errors.UnknownTenant`. ``migrator`` defaults to the
+    one of the request in ``dbsession.info["request"]`` (as the
+    cookiecutter's ``get_tm_session`` makes sessions), else of the current
+    Pyramid registry.
+
     Applies to the session's current transaction and every later one.
-    ``schema`` is validated as a tenant schema name. Switching a session
-    from one tenant to another flushes it, then detaches every object it
-    holds: the identity map keys rows by primary key only, so a ``Note``
-    with id 1 of the old tenant would otherwise stand in for the new
-    tenant's. Returns ``dbsession``.
+    Switching a session from one tenant to another flushes it, then
+    detaches every object it holds: the identity map keys rows by primary
+    key only, so a ``Note`` with id 1 of the old tenant would otherwise
+    stand in for the new tenant's. Returns ``dbsession``.
     """
-    schema = validate_schema_name(schema, shared_schema)
-    previous = dbsession.info.get(TENANT_KEY)
-    if previous is not None and previous != schema:
-        dbsession.flush()
-        dbsession.expunge_all()
+    _migrator_for(dbsession, migrator).tenant_directory.check(schema)
+    _switch(dbsession, schema)
     if not dbsession.info.get(_LISTENING_KEY):
         event.listen(dbsession, "after_begin", _apply_tenant)
         dbsession.info[_LISTENING_KEY] = True
-    dbsession.info[TENANT_KEY] = schema
+    return dbsession
+
+
+def clear_tenant(dbsession):
+    """Scope ``dbsession`` to no tenant again (flushing it and detaching
+    its objects, as switching tenants does). Returns ``dbsession``."""
+    return _switch(dbsession, None)
+
+
+def _switch(dbsession, schema):
+    previous = dbsession.info.get(TENANT_KEY)
+    if previous == schema:
+        return dbsession
+    if previous is not None:
+        dbsession.flush()
+        dbsession.expunge_all()
+    if schema is None:
+        dbsession.info.pop(TENANT_KEY, None)
+    else:
+        dbsession.info[TENANT_KEY] = schema
     if dbsession.in_transaction():
         # The transaction may already hold its connection: scope it too.
         dbsession.connection().execution_options(
-            **tenant_execution_options(schema))
+            schema_translate_map=None if schema is None
+            else {None: schema})
     return dbsession
 
 
@@ -66,8 +107,9 @@ def tenant_of(dbsession):
 
 
 def get_tenant_session(session_factory, schema, transaction_manager=None,
-                       shared_schema="public"):
-    """A new session from ``session_factory``, scoped to ``schema``.
+                       migrator=None):
+    """A new session from ``session_factory``, scoped to ``schema`` (a
+    tenant, checked as :func:`set_tenant` does).
 
     With a ``transaction_manager`` (``request.tm``) the session joins it
     through ``zope.sqlalchemy``, as the cookiecutter's ``get_tm_session``
@@ -78,4 +120,4 @@ def get_tenant_session(session_factory, schema, transaction_manager=None,
         import zope.sqlalchemy
         zope.sqlalchemy.register(dbsession,
                                  transaction_manager=transaction_manager)
-    return set_tenant(dbsession, schema, shared_schema)
+    return set_tenant(dbsession, schema, migrator)

@@ -159,6 +159,32 @@ def _positive_int(value):
     return number
 
 
+#: Where a request's tenant comes from (``tenant_from``): a kind, and the
+#: argument it takes (the header's or the matchdict key's name).
+TENANT_FROM_KINDS = {"subdomain": False, "header": True, "matchdict": True}
+
+
+def _tenant_from(value):
+    """``subdomain``, ``header NAME``, ``matchdict KEY`` or the dotted
+    name of a callable taking the request: ``(kind, argument)``."""
+    kind, _, argument = str(value).strip().partition(" ")
+    argument = argument.strip() or None
+    if kind in TENANT_FROM_KINDS:
+        if TENANT_FROM_KINDS[kind] != (argument is not None):
+            raise ValueError(
+                f"{kind} takes a name ({kind} X-Tenant)" if argument is None
+                else f"{kind} takes no argument")
+        return (kind, argument)
+    if argument is not None or ("." not in kind and ":" not in kind):
+        raise ValueError("expected subdomain, header NAME, matchdict KEY or "
+                         "the dotted name of a callable taking the request")
+    return ("callable", kind)
+
+
+def _domain(value):
+    return str(value).strip().strip(".").lower() or None
+
+
 #: Every setting under ``tenantmigrate.``: (name, converter, default, what
 #: it means). The documentation's settings reference is made from it.
 SETTINGS = (
@@ -225,6 +251,25 @@ SETTINGS = (
     ("startup_lock_wait", wait_seconds, 300.0,
      "Seconds a starting process waits for another process's run before "
      "refusing to start."),
+    ("tenant_from", _tenant_from, None,
+     "Where a request's tenant comes from: ``subdomain`` (of "
+     "``tenant_domain``), ``header NAME``, ``matchdict KEY`` (a route's "
+     "``{KEY}``) or the dotted name of a callable taking the request and "
+     "returning a schema name or ``None``. Sets ``request.tenant``, checked "
+     "against the tenant source (404 for anything else), and scopes "
+     "``request_session`` to it. Unset: no tenant from requests."),
+    ("tenant_domain", _domain, None,
+     "The domain whose subdomains are tenants, for ``tenant_from = "
+     "subdomain``: ``acme.example.com`` is the tenant ``acme`` of "
+     "``example.com``; ``example.com`` itself is no tenant."),
+    ("request_session", _text, "dbsession",
+     "The request attribute holding the request's SQLAlchemy session, "
+     "scoped to ``request.tenant`` on every request (the cookiecutter's "
+     "``request.dbsession``); ``off`` scopes nothing."),
+    ("tenant_cache", wait_seconds, 30.0,
+     "Seconds the tenant source's list is trusted for ``request.tenant`` "
+     "and ``set_tenant`` before it is read again (a name not in it is "
+     "looked up at once, at most once a second)."),
 )
 
 
@@ -253,6 +298,10 @@ class MigrateSettings:
     spare_schemas: int = 0
     startup: str = "off"
     startup_lock_wait: float = 300.0
+    tenant_from: tuple = None
+    tenant_domain: str = None
+    request_session: str = "dbsession"
+    tenant_cache: float = 30.0
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -411,4 +460,26 @@ def parse_settings(settings, require_script_location=True,
             "takes a connection and returns schema names"
         )
     values["extra_search_path"] = tuple(values["extra_search_path"])
+    _tenant_resolution(values)
     return MigrateSettings(raw=dict(settings), **values)
+
+
+def _tenant_resolution(values):
+    tenant_from = values["tenant_from"]
+    if tenant_from is None:
+        return
+    kind, argument = tenant_from
+    if kind == "subdomain" and values["tenant_domain"] is None:
+        raise ConfigurationError(
+            f"setting {PREFIX}tenant_from = subdomain needs "
+            f"{PREFIX}tenant_domain (e.g. example.com, whose subdomains are "
+            "the tenants)")
+    if kind == "callable":
+        resolver = _resolve_dotted("tenant_from", argument)
+        if not callable(resolver):
+            raise ConfigurationError(
+                f"setting {PREFIX}tenant_from = {argument!r} must name a "
+                "callable taking the request")
+        values["tenant_from"] = (kind, resolver)
+    if (values["request_session"] or "").lower() in _FALSEY:
+        values["request_session"] = None

@@ -161,11 +161,20 @@ def on_application_created(event):
                   loaded_by or "tenant-migrate")
         return
     config_uri = (global_config or {}).get("__file__")
+    if global_config is None:
+        # Without global_config a script cannot be told from a server.
+        log.warning(
+            "%sstartup = %s runs as if this process served the app: the app "
+            "factory does not call "
+            "config.set_tenantmigrate_global_config(global_config), so "
+            "pshell and bootstrap scripts cannot be told from a server",
+            PREFIX, migrator.settings.startup)
     try:
         run_startup(migrator, config_uri=config_uri)
     except StartupRefused as exc:
+        # Said before the traceback the server prints after it.
+        log.error("%s", exc)
         if global_config is None:
-            # Without global_config a script cannot be told from a server.
             raise StartupRefused(
                 f"{exc}\n(If this process is a script, not a server, have "
                 "the app factory call "

@@ -29,3 +29,39 @@ def main_with_source(global_config, **settings):
         config.set_tenantmigrate_global_config(global_config)
         config.set_tenant_source("tests.apps:tenant_list")
     return config.make_wsgi_app()
+
+
+# Functions for 'tenant-migrate <ini> run' (tests/test_tasks.py).
+
+def bump_counter(task):
+    """Add the first argument (default 1) to the tenant's counter."""
+    from sqlalchemy import text
+    step = int(task.args[0]) if task.args else 1
+    task.connection.execute(text("UPDATE counters SET n = n + :step"),
+                            {"step": step})
+
+
+def bump_then_fail_in_b(task):
+    """Bump the counter, then fail in tenant_b (which is rolled back)."""
+    bump_counter(task)
+    if task.schema == "tenant_b":
+        raise RuntimeError("no counters for b")
+
+
+def record_through_the_session(task):
+    """The ORM session: a table without a schema is the tenant's."""
+    import sqlalchemy as sa
+    counters = sa.table("counters", sa.column("n"))
+    n = task.session.execute(sa.select(counters.c.n)).scalar()
+    task.session.execute(sa.update(counters).values(n=n + 10))
+    assert task.registry is not None and task.migrator is not None
+
+
+not_a_function = 42
+
+
+def main_without_global_config(global_config, **settings):
+    """An app factory that forgot set_tenantmigrate_global_config."""
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tenantmigrate")
+    return config.make_wsgi_app()

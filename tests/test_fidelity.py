@@ -106,12 +106,20 @@ def test_tenants_holding_their_own_rows(corpus, db, server_version):
     report = _both_up(migrator, plain, "tenant@head", "heads")
     assert_same(db, PAIRS, "c02 -> head with rows")
     if replay:
-        # c04's count is not what capture counted: from c04 on, each
-        # tenant runs through Alembic; c03 (no read) replayed.
+        # The reads of c04, c13 and c16 count or read the people and notes
+        # each tenant holds, which are not what capture read: each of them
+        # runs through Alembic there, and the rest replays (c07's catalog
+        # read answers the same). c05's block commits as c05 ends.
         paths = {r.schema: r.paths for r in report.branches[0].results}
+        differing = {"c04", "c13", "c16"}
+        # Before 17, c06 runs through Alembic, after c04 did: what Alembic
+        # remembers then is not what capture saw before c07, which runs
+        # through Alembic too (compared before each replayed revision).
+        alembic_path = differing | UNCHECKABLE | (
+            BEFORE_17 | {"c07"} if int(server_version) < 170000 else set())
         for tenant, _ in PAIRS:
             assert paths[tenant] == {
-                rev: "replay" if rev == "c03" else "alembic"
+                rev: "alembic" if rev in alembic_path else "replay"
                 for rev in REVISIONS[2:]}
     _both_down(migrator, plain, "tenant@c03", "c03")
     assert_same(db, PAIRS, "head -> c03 with rows")

@@ -402,17 +402,22 @@ def test_indexes_emitted_in_set_order_still_replay(project, db):
     assert tenant_results(report)["tenant_a"]["paths"] == {"t1": "replay"}
 
 
-def test_a_read_answering_differently_in_a_tenant(project, db, tmp_path):
+@pytest.mark.parametrize("options", ["", ".execution_options(yield_per=1)"],
+                         ids=["read", "server-side-cursor"])
+def test_a_read_answering_differently_in_a_tenant(project, db, tmp_path,
+                                                  options):
     """A revision reading rows replays, checked: in the tenant whose rows
     are those capture read it replays, in the one whose rows differ it
-    runs through Alembic, and both end as plain Alembic leaves them."""
+    runs through Alembic, and both end as plain Alembic leaves them. A
+    server-side cursor's read (``yield_per``, one row fetched at a time)
+    is checked the same way."""
     project.write_revision("tenant", "t1", None, NOTES)
-    project.write_revision("tenant", "t2", "t1", """
+    project.write_revision("tenant", "t2", "t1", f"""
         bind = op.get_bind()
         for id_, title in bind.execute(sa.text(
-                "SELECT id, title FROM notes ORDER BY id")).all():
+                "SELECT id, title FROM notes ORDER BY id"){options}):
             op.execute(sa.text("UPDATE notes SET title = :t WHERE id = :i")
-                       .bindparams(t=f"{title}{id_}", i=id_))
+                       .bindparams(t=f"{{title}}{{id_}}", i=id_))
         op.add_column("notes", sa.Column("extra", sa.Integer))
         """)
     plain = PlainAlembic(project, tmp_path)
@@ -527,3 +532,172 @@ def test_a_new_tenant_reading_a_shared_table_that_changed(project, db):
         ).scalars().all() for schema in ("tenant_a", "tenant_b", "tenant_c")}
     assert limits == {"tenant_a": ["basic"], "tenant_b": ["basic", "pro"],
                       "tenant_c": ["basic", "pro"]}
+
+
+def test_catalog_reads_replay_and_unordered_reads_are_checked(project, db):
+    """An inspector's catalog reads return rows in no defined order (the
+    catalog's own), and OIDs, another in each schema: their check leaves
+    ``oid`` columns out and hashes the rows in any order, so they replay
+    in a tenant whose catalog rows lie otherwise. A read of the
+    tenant's rows without ORDER BY is checked in order: a revision may
+    use its first row."""
+    project.write_revision("tenant", "t1", None, NOTES + """
+    op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("note_id", sa.Integer, sa.ForeignKey("notes.id")),
+        sa.Column("name", sa.Text, unique=True))
+    """)
+    project.write_revision("tenant", "t2", "t1", """
+        bind = op.get_bind()
+        inspector = sa.inspect(bind)
+        # Each passes the table's OID on from one catalog query to the
+        # next; the foreign key's rows name the schema it is in.
+        for unique in inspector.get_unique_constraints("tags"):
+            op.drop_constraint(unique["name"], "tags", type_="unique")
+        for key in inspector.get_foreign_keys("tags"):
+            op.drop_constraint(key["name"], "tags", type_="foreignkey")
+            op.create_foreign_key(key["name"] + "_x", "tags",
+                key["referred_table"], key["constrained_columns"],
+                key["referred_columns"], ondelete="CASCADE")
+        names = sorted(inspector.get_table_names())
+        # OIDs differ in each schema: left out of the check.
+        oids = dict(bind.execute(sa.text(
+            "SELECT c.relname, c.oid FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema()")).all())
+        assert sorted(oids)[-1] == "tags_pkey"
+        op.execute(f"COMMENT ON TABLE tags IS 'tables: {' '.join(names)}'")
+        """)
+    project.write_revision("tenant", "t3", "t2", """
+        first = op.get_bind().execute(
+            sa.text("SELECT title FROM notes")).first()[0]
+        op.execute(f"COMMENT ON TABLE notes IS 'first read: {first}'")
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        # tenant_b's catalog row of notes, and its row 'a', written anew:
+        # each now lies after the other ones.
+        connection.exec_driver_sql(
+            "ALTER TABLE tenant_b.notes RENAME TO notes_x; "
+            "ALTER TABLE tenant_b.notes_x RENAME TO notes; "
+            "UPDATE tenant_b.notes SET title = title WHERE title = 'a'")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {"tenant_a": {"t2": "replay", "t3": "replay"},
+                     "tenant_b": {"t2": "replay", "t3": "alembic"}}
+    with db.connect() as connection:
+        for schema, first in (("tenant_a", "a"), ("tenant_b", "b")):
+            assert connection.exec_driver_sql(
+                f"SELECT obj_description('{schema}.tags'::regclass)"
+            ).scalar() == "tables: alembic_version notes tags"
+            assert connection.exec_driver_sql(
+                "SELECT string_agg(conname || ' ' || confrelid::regclass::text"
+                " || ' ' || confdeltype::text, ',') FROM pg_constraint WHERE "
+                f"conrelid = '{schema}.tags'::regclass AND contype IN "
+                f"('u', 'f')").scalar() == (
+                    f"tags_note_id_fkey_x {schema}.notes c")
+            assert connection.exec_driver_sql(
+                f"SELECT obj_description('{schema}.notes'::regclass)"
+            ).scalar() == f"first read: {first}"
+
+
+def test_a_catalog_read_made_once_per_process_replays(project, db):
+    """SQLAlchemy looks some catalog facts up once and keeps them (pg_am's
+    access methods): the first capture reads, the second does not. A
+    catalog read is a read; the revision still replays."""
+    project.write_revision("tenant", "t1", None, NOTES)
+    path = project.write_revision("tenant", "t2", "t1", """
+        if not KEPT:
+            KEPT.extend(op.get_bind().execute(sa.text(
+                "SELECT amname FROM pg_catalog.pg_am ORDER BY 1")).scalars())
+        op.execute(f"COMMENT ON TABLE notes IS '{len(KEPT) > 0}'")
+        """)
+    with open(path, "a") as f:
+        f.write("\nKEPT = []\n")
+    create_schemas(db, "tenant_a", "tenant_b")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {"tenant_a": {"t1": "replay", "t2": "replay"},
+                     "tenant_b": {"t1": "replay", "t2": "replay"}}
+    with db.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT obj_description('tenant_b.notes'::regclass)"
+        ).scalar() == "True"
+
+
+def test_a_read_answering_otherwise_after_an_autocommit_block(project, db):
+    """A revision with an autocommit block commits as it ends; a checked
+    read answering otherwise later in the range then runs that revision
+    through Alembic from there, and never builds the block's index again
+    (which failed with 'already exists' in every tenant of a real
+    history)."""
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        with op.get_context().autocommit_block():
+            op.create_index("ix_notes_title", "notes", ["title"],
+                            postgresql_concurrently=True)
+        """)
+    project.write_revision("tenant", "t3", "t2", """
+        n = op.get_bind().execute(sa.text("SELECT count(*) FROM notes"))
+        op.execute(f"COMMENT ON TABLE notes IS '{n.scalar()} notes'")
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO tenant_b.notes (title) VALUES ('c')")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]
+             for schema, result in tenant_results(report).items()}
+    assert paths["tenant_a"] == {"t2": "replay", "t3": "replay"}
+    assert paths["tenant_b"]["t3"] == "alembic"
+    with db.connect() as connection:
+        for schema, count in (("tenant_a", 2), ("tenant_b", 3)):
+            assert connection.exec_driver_sql(
+                f"SELECT obj_description('{schema}.notes'::regclass)"
+            ).scalar() == f"{count} notes"
+            assert connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_indexes WHERE schemaname = "
+                f"'{schema}' AND indexname = 'ix_notes_title'").scalar() == 1
+    assert version_of(db, "tenant_b") == ["t3"]
+
+
+def test_a_check_failing_in_most_tenants_is_learned(project, db, caplog):
+    """A revision whose read answers otherwise in tenant after tenant
+    (rows of their own) costs each of them a second try; after three, the
+    run's later tenants run it through Alembic at once."""
+    project.write_ini(**{"tenantmigrate.workers": "1"})
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        n = op.get_bind().execute(sa.text("SELECT count(*) FROM notes"))
+        op.execute(f"COMMENT ON TABLE notes IS '{n.scalar()} notes'")
+        """)
+    tenants = [f"tenant_{n}" for n in range(6)]
+    create_schemas(db, *tenants)
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        for tenant in tenants:
+            connection.exec_driver_sql(
+                f"INSERT INTO {tenant}.notes (title) VALUES ('c')")
+
+    with caplog.at_level("INFO", logger="pyramid_tenantmigrate"):
+        report = upgrade_json(project)
+
+    retried = [r for r in caplog.records if "answers otherwise" in
+               r.getMessage()]
+    assert len(retried) == 3
+    paths = {schema: result["paths"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {tenant: {"t2": "alembic"} for tenant in tenants}
+    with db.connect() as connection:
+        assert {connection.exec_driver_sql(
+            f"SELECT obj_description('{t}.notes'::regclass)").scalar()
+            for t in tenants} == {"3 notes"}

@@ -4,7 +4,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, declarative_base, sessionmaker
 
 from pyramid_tenantmigrate import (
-    InvalidSchemaName,
+    ConfigurationError,
+    UnknownTenant,
+    clear_tenant,
     commands,
     get_tenant_session,
     set_tenant,
@@ -32,17 +34,22 @@ class Note(Base):
 
 
 @pytest.fixture
-def engine(project, db):
+def migrator(project, db):
     project.write_standard_revisions()
     create_schemas(db, "tenant_a", "tenant_b")
     migrator = project.migrator()
     commands.upgrade(migrator)
+    yield migrator
+    migrator.close()
+
+
+@pytest.fixture
+def engine(project, migrator):
     # One small pool: both tenants go through the same connection.
     engine = sa.create_engine(project.database_url, pool_size=1,
                               max_overflow=0)
     yield engine
     engine.dispose()
-    migrator.close()
 
 
 def titles(engine, schema):
@@ -51,20 +58,22 @@ def titles(engine, schema):
             f'SELECT title FROM "{schema}".notes ORDER BY id')]
 
 
-def test_two_tenant_sessions_see_only_their_own_rows(engine):
+def test_two_tenant_sessions_see_only_their_own_rows(engine, migrator):
     factory = sessionmaker(bind=engine)
-    with get_tenant_session(factory, "tenant_a") as a, a.begin():
+    with get_tenant_session(factory, "tenant_a", migrator=migrator) as a, \
+            a.begin():
         account = Account(email="a@example.com")
         a.add(account)
         a.flush()
         a.add(Note(title="for a", account_id=account.id))
-    with get_tenant_session(factory, "tenant_b") as b, b.begin():
+    with get_tenant_session(factory, "tenant_b", migrator=migrator) as b, \
+            b.begin():
         b.add(Note(title="for b"))
         assert b.scalars(sa.select(Note.title)).all() == ["for b"]
         # Shared models stay shared.
         assert b.scalars(sa.select(Account.email)).all() == [
             "a@example.com"]
-    with get_tenant_session(factory, "tenant_a") as a:
+    with get_tenant_session(factory, "tenant_a", migrator=migrator) as a:
         assert a.scalars(sa.select(Note.title)).all() == ["for a"]
         assert tenant_of(a) == "tenant_a"
     assert titles(engine, "tenant_a") == ["for a"]
@@ -77,13 +86,14 @@ def test_two_tenant_sessions_see_only_their_own_rows(engine):
             connection.get_execution_options())
 
 
-def test_set_tenant_mid_transaction_and_switching(engine):
+def test_set_tenant_mid_transaction_and_switching(engine, migrator):
     with Session(engine) as dbsession, dbsession.begin():
         dbsession.execute(sa.select(Account))  # transaction already open
-        set_tenant(dbsession, "tenant_a")
+        set_tenant(dbsession, "tenant_a", migrator)
         dbsession.add(Note(id=1, title="a1"))
         note = dbsession.get(Note, 1)
-        set_tenant(dbsession, "tenant_b")  # flushes a1 into tenant_a
+        # Flushes a1 into tenant_a:
+        set_tenant(dbsession, "tenant_b", migrator)
         assert note not in dbsession
         assert dbsession.get(Note, 1) is None
         dbsession.add(Note(id=1, title="b1"))
@@ -91,8 +101,24 @@ def test_set_tenant_mid_transaction_and_switching(engine):
     assert titles(engine, "tenant_b") == ["b1"]
 
 
-def test_tenant_names_are_validated(engine):
+def test_only_tenants_of_the_source_are_accepted(engine, migrator, db):
+    """Not the shared schema, not another schema, not a spare, not a
+    name no schema could have: only what the tenant source lists."""
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE SCHEMA extensions; "
+            "CREATE SCHEMA tenantmigrate_spare_1; CREATE SCHEMA other_a")
     with Session(engine) as dbsession:
-        for bad in ("public", 'a"; drop', "Tenant", "pg_catalog"):
-            with pytest.raises(InvalidSchemaName):
-                set_tenant(dbsession, bad)
+        for bad in ("public", "extensions", "tenantmigrate_spare_1",
+                    "other_a", "tenant_nope", 'a"; drop', "Tenant",
+                    "pg_catalog", None, 7):
+            with pytest.raises(UnknownTenant):
+                set_tenant(dbsession, bad, migrator)
+            assert tenant_of(dbsession) is None
+        # Outside a request, with no migrator: said, not guessed.
+        with pytest.raises(ConfigurationError, match="migrator="):
+            set_tenant(dbsession, "tenant_a")
+        set_tenant(dbsession, "tenant_a", migrator)
+        assert dbsession.scalars(sa.select(Note.title)).all() == []
+        clear_tenant(dbsession)
+        assert tenant_of(dbsession) is None

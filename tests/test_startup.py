@@ -163,3 +163,20 @@ def test_pserve_refuses_to_start_behind_in_check_mode(behind, db):
     assert process.returncode != 0
     assert "StartupRefused" in output and "behind" in output
     assert version_of(db, "public") is None
+
+
+def test_a_hook_that_cannot_tell_scripts_says_so(project, db, caplog):
+    """An app factory that forgot set_tenantmigrate_global_config: the hook
+    runs (it cannot tell pshell from a server) and warns; a refusal is
+    logged as one line before the traceback."""
+    project.app_factory = "call:tests.apps:main_without_global_config"
+    project.write_standard_revisions()
+    project.write_ini(**{"tenantmigrate.startup": "check"})
+    with caplog.at_level("WARNING", logger="pyramid_tenantmigrate"):
+        with pytest.raises(StartupRefused):
+            get_app(project.ini, options={"__script__": "pshell"})
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("set_tenantmigrate_global_config" in m
+               and "cannot be told from a server" in m for m in messages)
+    assert any(m.startswith("tenantmigrate.startup = check: the database "
+                            "is behind") for m in messages)

@@ -10,6 +10,8 @@ from pyramid.config import Configurator
 
 def main(global_config, **settings):
     """Build the demo WSGI app."""
+    # /t/{tenant}/...: the request's tenant, and its session scoped to it.
+    settings.setdefault("tenantmigrate.tenant_from", "matchdict tenant")
     with Configurator(settings=settings) as config:
         config.include("pyramid_tenantmigrate")
         config.set_tenantmigrate_global_config(global_config)

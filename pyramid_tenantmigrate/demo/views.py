@@ -1,15 +1,15 @@
 """The demo's views: sign-up provisions a tenant inside the request;
-notes are read and written through a tenant-scoped session."""
+notes are read and written through ``request.dbsession``, which
+``tenantmigrate.tenant_from = matchdict tenant`` scopes to the tenant of
+the URL."""
 import sqlalchemy as sa
 from pyramid.events import subscriber
-from pyramid.httpexceptions import HTTPNotFound
 from pyramid.view import exception_view_config, view_config
 from sqlalchemy.exc import IntegrityError
 
 from .. import commands
 from ..errors import InvalidSchemaName, TenantExists
 from ..events import TenantCreated
-from ..sessions import set_tenant
 from .models import Note, Tenant
 
 
@@ -51,21 +51,20 @@ def seed_welcome_note(event):
         title="Welcome", body=f"This is {event.schema}'s first note."))
 
 
-def _tenant_session(request):
-    schema = request.matchdict["tenant"]
-    tenant = request.dbsession.execute(
-        sa.select(Tenant).where(Tenant.schema_name == schema)
-    ).scalar_one_or_none()
-    if tenant is None:
-        raise HTTPNotFound(f"no tenant {schema}")
-    return set_tenant(request.dbsession, schema), tenant
+def _tenant(request):
+    # request.tenant is the route's {tenant}, checked against the tenant
+    # source (404 otherwise), and request.dbsession is scoped to it.
+    return request.dbsession.execute(
+        sa.select(Tenant).where(Tenant.schema_name == request.tenant)
+    ).scalar_one()
 
 
 @view_config(route_name="notes", request_method="GET", renderer="json")
 def notes_view(request):
     """This tenant's notes, and nobody else's."""
-    dbsession, tenant = _tenant_session(request)
-    notes = dbsession.execute(sa.select(Note).order_by(Note.id)).scalars()
+    tenant = _tenant(request)
+    notes = request.dbsession.execute(
+        sa.select(Note).order_by(Note.id)).scalars()
     return {"tenant": tenant.schema_name,
             "notes": [{"id": n.id, "title": n.title, "body": n.body}
                       for n in notes]}
@@ -74,12 +73,12 @@ def notes_view(request):
 @view_config(route_name="notes", request_method="POST", renderer="json")
 def add_note_view(request):
     """Add a note to this tenant."""
-    dbsession, tenant = _tenant_session(request)
+    tenant = _tenant(request)
     note = Note(title=request.POST.get("title", ""),
                 body=request.POST.get("body", ""),
                 author_tenant_id=tenant.id)
-    dbsession.add(note)
-    dbsession.flush()
+    request.dbsession.add(note)
+    request.dbsession.flush()
     request.response.status = 201
     return {"id": note.id}
 

@@ -23,17 +23,21 @@ statements being what each tenant runs, only if all of this holds:
   whose row count the revision read (``result.rowcount``), is replayed
   with a check: the same read must give the same rows (a fingerprint
   computed by the server) in the tenant, the same DML the same row
-  count. Reads that may not run again as they are (a write, ``nextval``,
-  ``FOR UPDATE``, a server-side cursor, a row count through the driver
-  itself) make the revision not replay. A tenant where a check fails
+  count (a read through a server-side cursor, ``yield_per()``, is checked
+  in full). Reads that may not run again as they are (a write,
+  ``nextval``, ``FOR UPDATE``, a row count through the driver itself)
+  make the revision not replay. A tenant where a check fails
   runs the revision through Alembic. Results of ``op.execute`` never
-  reach a revision, so they are never checked;
+  reach a revision, so they are never checked. What differs per schema
+  by nature is left out of catalog reads (OIDs, the order of catalog
+  rows, the schema's own name), and OIDs an inspector passes on are
+  recorded as names (:func:`_relations_by_name`);
 - no statement failed (a probe inside ``try/except``);
 - no statement names the scratch schema;
 - it sent the same statements both times (values computed in Python, such
   as ``uuid4()`` or the current time, differ);
-- it did not commit or roll back the transaction itself, nor use COPY, a
-  server-side cursor or ``callproc`` through the driver;
+- it did not commit or roll back the transaction itself, nor use COPY or
+  ``callproc`` through the driver;
 - its module does not set ``tenantmigrate_replay = False``.
 
 What the revision did with answers that are not the database's
@@ -124,7 +128,9 @@ class Statement:
     inside ``autocommit_block()``.
 
     ``check`` is set when the revision used what the statement answered:
-    ``("rows", fingerprint)`` for a read, ``("rowcount", n)`` for DML
+    ``("rows", fingerprint, ignored, unordered)`` for a read (its ``oid``
+    columns left out; a catalog read's rows hashed in any order, see
+    :func:`.sql.fingerprint_sql`), ``("rowcount", n)`` for DML
     whose row count it read. Replayed, the statement then checks in each
     tenant that the answer is the same (:func:`.sql.checked_sql`); where
     it is not, the tenant runs the revision through Alembic.
@@ -187,8 +193,10 @@ def _compare(first, second):
     # The same statements in another order is fine: SQLAlchemy emits the
     # indexes of a table in set order, which plain Alembic does per tenant
     # too (any order it could send is one it sends).
-    ours = sorted(first.statements, key=_order)
-    theirs = sorted(second.statements, key=_order)
+    # A catalog read in one capture only is what SQLAlchemy looked up once
+    # and keeps (pg_am's access methods): a read, checked where it replays.
+    ours = sorted(filter(_compared, first.statements), key=_order)
+    theirs = sorted(filter(_compared, second.statements), key=_order)
     if ours == theirs and first.memo_after == second.memo_after:
         return first
     differs = [a.sql for a, b in zip(ours, theirs) if a != b]
@@ -199,6 +207,11 @@ def _compare(first, second):
     return replace(first, reason=(
         "sends different SQL each time it runs (a value computed in "
         "Python, such as uuid4() or the current time?)"))
+
+
+def _compared(statement):
+    check = statement.check
+    return not (check and check[0] == "rows" and check[3])
 
 
 def _order(statement):
@@ -450,7 +463,10 @@ class _Recorder:
                       f"probe?): {_head(sql)}")
         check = None
         if not failed and self.op_depth == 0:
-            if cursor.description is not None:
+            # A server-side cursor has no description until fetched: its
+            # SELECT is a read all the same (checked in full, whatever
+            # part of it the revision fetched).
+            if cursor.description is not None or cursor.name is not None:
                 check = self._fingerprint(cursor, sql)
             elif cursor.rowcount >= 0 and not via_sqlalchemy:
                 # Through the driver itself: whether the revision looks at
@@ -465,8 +481,13 @@ class _Recorder:
         """The rows a read returned, as the server fingerprints them (to
         check the same read in each tenant), or ``None`` (and a reason)
         when the read cannot be run again as it is, read-only."""
-        if cursor.name is not None or self.in_block:
+        if self.in_block:
             self.note(f"reads the database: {_head(sql)}")
+            return None
+        ignored = _oid_columns(cursor)
+        if ignored is None:
+            self.note(f"reads OIDs among columns of the same name: "
+                      f"{_head(sql)}")
             return None
         probe = psycopg2.extensions.cursor(cursor.connection)
         # The answer comes as a notice; the revision's own notices stay.
@@ -478,7 +499,8 @@ class _Recorder:
                           "SET LOCAL transaction_read_only = on; "
                           "SET LOCAL client_min_messages = notice")
             try:
-                probe.execute(fingerprint_sql(sql))
+                unordered = _reads_only_catalogs(probe, sql)
+                probe.execute(fingerprint_sql(sql, ignored, unordered))
                 fingerprint = read_fingerprint(notices)
             finally:
                 # Released too: statements after a rolled-back savepoint
@@ -495,7 +517,7 @@ class _Recorder:
             self.note(f"reads the database (a read that cannot be checked "
                       f"again: {_head(sql)})")
             return None
-        return ("rows", fingerprint)
+        return ("rows", fingerprint, ignored, unordered)
 
     def check_rowcount(self, index):
         """The revision read the row count of statement ``index``."""
@@ -592,6 +614,92 @@ class _SkippedStep(_RecordedStep):
         return lambda **kw: None
 
 
+_CATALOG_SCHEMAS = frozenset({"pg_catalog", "information_schema"})
+
+
+def _reads_only_catalogs(cursor, sql):
+    """Whether every table ``sql`` reads is a system catalog, as the
+    server plans it (an inspector's queries; a view of
+    ``information_schema`` is planned as the catalogs it reads)."""
+    if not sql.lstrip().lower().startswith(("select", "with")):
+        return False  # SHOW, VALUES...: not a query over tables
+    cursor.execute("EXPLAIN (VERBOSE, FORMAT JSON) " + sql)
+    schemas, nodes = set(), [cursor.fetchone()[0][0]["Plan"]]
+    while nodes:
+        node = nodes.pop()
+        if "Relation Name" in node:
+            schemas.add(node.get("Schema"))
+        nodes.extend(node.get("Plans", ()))
+    return bool(schemas) and schemas <= _CATALOG_SCHEMAS
+
+
+#: PostgreSQL's FirstNormalObjectId: OIDs below are the system's own.
+_FIRST_USER_OID = 16384
+
+
+def _relations_by_name(cursor, vars, scratch):
+    """``vars`` of a catalog query with each OID of a relation (or type)
+    of the scratch schema sent as its name (``'notes'::regclass::oid``),
+    and the scratch schema's own OID as ``current_schema()``'s: what an
+    inspector passes on from one catalog query to the next (SQLAlchemy's
+    ``conrelid IN (...)``) then means the same relation in each tenant.
+    A number that only happens to be such an OID is another number in
+    the second capture: the SQL differs, the revision does not replay."""
+    if not isinstance(vars, dict):
+        return vars
+    oids = {value for value in vars.values()
+            if type(value) is int and value >= _FIRST_USER_OID}
+    if not oids:
+        return vars
+    names = _scratch_objects(cursor.connection, scratch, sorted(oids))
+    return {key: names.get(value, value) if type(value) is int else value
+            for key, value in vars.items()}
+
+
+_SCRATCH_OBJECTS = """
+SELECT c.oid, quote_literal(c.oid::regclass::text) || '::regclass::oid'
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n
+  ON n.oid = c.relnamespace
+WHERE n.nspname = %(scratch)s AND c.oid = ANY(%(oids)s::oid[])
+UNION ALL
+SELECT t.oid, quote_literal(t.oid::regtype::text) || '::regtype::oid'
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n
+  ON n.oid = t.typnamespace
+WHERE n.nspname = %(scratch)s AND t.oid = ANY(%(oids)s::oid[])
+UNION ALL
+SELECT n.oid, 'current_schema()::regnamespace::oid'
+FROM pg_catalog.pg_namespace n
+WHERE n.nspname = %(scratch)s AND n.oid = ANY(%(oids)s::oid[])
+"""
+
+
+def _scratch_objects(connection, scratch, oids):
+    probe = psycopg2.extensions.cursor(connection)
+    try:
+        probe.execute(_SCRATCH_OBJECTS, {"scratch": scratch, "oids": oids})
+        return {oid: psycopg2.extensions.AsIs(expression)
+                for oid, expression in probe.fetchall()}
+    finally:
+        probe.close()
+
+
+#: The type ``oid``: the same catalog row has another one in each schema.
+_OID_TYPE = 26
+
+
+def _oid_columns(cursor):
+    """Names of the columns of type ``oid`` a read returned, left out of
+    its check (a revision using an OID's value in SQL sends other SQL in
+    each capture, and does not replay); ``None`` when they cannot be
+    left out by name (two columns of one name)."""
+    columns = cursor.description or ()
+    ignored = tuple(c.name for c in columns if c.type_code == _OID_TYPE)
+    names = [c.name for c in columns]
+    if ignored and len(set(names)) < len(names):
+        return None
+    return ignored
+
+
 class _CaptureConnection(psycopg2.extensions.connection):
     """A psycopg2 connection that never lets a revision end the capture
     transaction."""
@@ -617,8 +725,8 @@ class _CaptureCursor(psycopg2.extensions.cursor):
         if via_sqlalchemy is None:
             via_sqlalchemy = recorder.in_sqlalchemy
         recorder.in_sqlalchemy = False
-        if self.name is not None and recorder.active:
-            recorder.note("reads the database through a server-side cursor")
+        if recorder.active and "pg_catalog" in query:
+            vars = _relations_by_name(self, vars, recorder.scratch)
         sql = self.mogrify(query, vars).decode(
             psycopg2.extensions.encodings[self.connection.encoding])
         if controls_transaction(sql):

@@ -8,8 +8,13 @@ and is reported with the revision that failed; the run goes on
 is planned again from where it is. Lock timeouts are retried
 (:mod:`..retry`). A connection lost mid-way is replaced, and the schema's
 version is read again before it is reported, since the server may have
-committed just before the connection went.
+committed just before the connection went. A tenant where a replayed
+revision's checked read answers otherwise tries again with that revision
+through Alembic; once that happened in most tenants, later ones run it
+through Alembic at once.
 """
+import collections
+import logging
 import threading
 import time
 
@@ -31,9 +36,14 @@ from ..workers import DatabaseGone, WorkerPool
 from .sql import READ_DIFFERS, VERSION_MOVED, tenant_lock_sql
 from .transaction import SchemaRun, is_disconnect, send_script
 
+log = logging.getLogger(__name__)
+
 #: How many times a schema is planned again because another process moved
 #: it meanwhile, before it is reported.
 MAX_REPLANS = 5
+#: After how many tenants whose check of a revision failed (and more than
+#: passed) the run's later tenants run it through Alembic at once.
+LEARNED_AFTER = 3
 
 
 class _Tries:
@@ -44,9 +54,19 @@ class _Tries:
         self.steps = schema_plan.steps
         self.create = not schema_plan.exists
         self.attempt = self.replans = 0
-        #: Revision from which the schema's steps run through Alembic (a
-        #: checked read answered differently there).
-        self.alembic_from = None
+        #: Revisions run through Alembic in this schema (a checked read
+        #: answered differently there).
+        self.alembic_at = set()
+        #: ``{revision: path}`` of revisions earlier tries committed.
+        self.done_paths = {}
+
+    def result(self, schema_plan, heads, program):
+        """The schema's result, its revisions and paths those of every
+        try that committed some, then of the last one."""
+        return SchemaResult(
+            schema_plan.schema, DONE, schema_plan.from_heads, heads,
+            revisions=tuple(self.done_paths) + program.revisions,
+            paths={**self.done_paths, **program.paths()})
 
 
 class BranchExecution:
@@ -74,6 +94,32 @@ class BranchExecution:
                                    plan.destination)
         self._stop_reason = None
         self._lock = threading.Lock()
+        #: ``{revision: count}`` of tenants where a replayed revision's
+        #: checked read answered otherwise, and where it answered the same.
+        self._checks_failed = collections.Counter()
+        self._checks_passed = collections.Counter()
+
+    def _through_alembic(self, tries):
+        """Revisions to run through Alembic in the next try of a schema:
+        those whose check failed in it, and those whose check failed in
+        most tenants so far (at least LEARNED_AFTER): a tenant would most
+        likely run them again through Alembic after a try replaying them
+        (data migrations over rows holding random UUIDs, say)."""
+        with self._lock:
+            learned = {revision for revision, failed
+                       in self._checks_failed.items()
+                       if failed >= LEARNED_AFTER
+                       and failed > self._checks_passed[revision]}
+        return tries.alembic_at | learned
+
+    def _count_checks(self, program, failed=None):
+        with self._lock:
+            if failed is not None:
+                self._checks_failed[failed] += 1
+                return
+            for step in program.steps:
+                if step.checked and step.replay is not None:
+                    self._checks_passed[step.revision] += 1
 
     def _record(self, result):
         with self._lock:
@@ -153,8 +199,9 @@ class BranchExecution:
         while True:
             program = self._program(tries.from_heads, tries.steps,
                                     schema_plan.to_heads)
-            if tries.alembic_from is not None:
-                program = program.through_alembic_from(tries.alembic_from)
+            alembic_at = self._through_alembic(tries)
+            if alembic_at:
+                program = program.through_alembic_at(alembic_at)
             run = SchemaRun(self.migrator, worker.connection,
                             schema_plan.schema, program, self.plan.branch,
                             create_schema=tries.create)
@@ -166,9 +213,8 @@ class BranchExecution:
                 if result is None:
                     continue
             else:
-                result = SchemaResult(
-                    schema_plan.schema, DONE, schema_plan.from_heads, heads,
-                    revisions=program.revisions, paths=program.paths())
+                self._count_checks(program)
+                result = tries.result(schema_plan, heads, program)
             result.duration = time.monotonic() - started
             return result
 
@@ -184,9 +230,15 @@ class BranchExecution:
         if (state == READ_DIFFERS and exc.revision
                 and program.replaying(exc.revision)):
             # What this tenant answers is not what capture saw: that
-            # revision and the rest run through Alembic here.
-            tries.alembic_from = exc.revision
-            return None
+            # revision runs through Alembic here, from where the schema is
+            # (revisions with an autocommit block commit as they end).
+            tries.alembic_at.add(exc.revision)
+            self._count_checks(program, failed=exc.revision)
+            log.info("%s: a read of revision %s answers otherwise than in "
+                     "capture: trying again with it through Alembic",
+                     schema_plan.schema, exc.revision)
+            return self._replan_after(worker, schema_plan, tries, run,
+                                      program)
         if state == VERSION_MOVED and tries.replans < MAX_REPLANS:
             tries.replans += 1
             found = self._replan(worker, schema_plan)
@@ -201,6 +253,22 @@ class BranchExecution:
                 self.retry.wait(tries.attempt)
                 return None
         return self._failure(schema_plan, program, run, exc, tries.attempt)
+
+    def _replan_after(self, worker, schema_plan, tries, run, program):
+        """Try again from where a try left the schema: ``None``, or the
+        schema's result when nothing is left to do."""
+        if not run.committed:
+            return None
+        found = self._replan(worker, schema_plan)
+        if isinstance(found, SchemaResult):
+            return found
+        tries.from_heads, tries.steps = found
+        tries.create = False
+        left = {step.revision.revision for step in tries.steps}
+        tries.done_paths.update(
+            (revision, path) for revision, path in program.paths().items()
+            if revision not in left)
+        return None
 
     def _replan(self, worker, schema_plan):
         """The schema moved since planning: plan it again from where it is.

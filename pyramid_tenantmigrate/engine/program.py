@@ -87,14 +87,15 @@ class Program:
         return any(step.revision == revision and step.replay is not None
                    for step in self.steps)
 
-    def through_alembic_from(self, revision):
-        """This program with ``revision`` and the ones after it run
-        through Alembic (a checked read answered differently)."""
-        steps, switched = [], False
-        for step in self.steps:
-            switched = switched or step.revision == revision
-            steps.append(replace(step, replay=None) if switched else step)
-        return replace(self, steps=tuple(steps))
+    def through_alembic_at(self, revisions):
+        """This program with ``revisions`` run through Alembic (a checked
+        read answered differently there); the others replay as before,
+        checked as before: what a revision run through Alembic changed
+        reaches a later replayed one only through what it reads (checked)
+        or through what Alembic remembers (compared before it runs)."""
+        return replace(self, steps=tuple(
+            replace(step, replay=None) if step.revision in revisions
+            else step for step in self.steps))
 
     def paths(self):
         """``{revision: "replay" | "alembic"}``."""

@@ -60,7 +60,7 @@ def migrate_in_transaction(migrator, connection, schema, destination,
                                     f"RELEASE SAVEPOINT {_SAVEPOINT}")
             if _read_differs(program, exc):
                 migrator.programs.discard(program)  # capture again next time
-                program = program.through_alembic_from(exc.revision)
+                program = program.through_alembic_at({exc.revision})
             savepoint = state == READ_DIFFERS and program.checked
             continue
         if savepoint:
@@ -113,6 +113,6 @@ def build_schema(migrator, schema, destination="tenant@head"):
                     raise ScriptFailed(exc, run.current) from exc
                 if not _read_differs(program, exc):
                     raise
-                # A read answered otherwise: made again, from that
-                # revision on through Alembic.
-                program = program.through_alembic_from(exc.revision)
+                # A read answered otherwise: made again, with that
+                # revision through Alembic.
+                program = program.through_alembic_at({exc.revision})

@@ -128,23 +128,52 @@ INVALID_INDEXES = (
 _READ_NOTICE = "tenantmigrate read "
 
 
-def _fingerprint_block(statement, then):
+def _fingerprint_block(statement, then, ignored=(), unordered=False):
     """A DO block running ``statement`` and hashing the rows it returns,
     one at a time as they come (a read of millions of rows takes no more
     memory than one), then running ``then`` with ``answer``: the hash and
-    the number of rows."""
-    body = (f" DECLARE r record; h text := ''; n bigint := 0; answer text; "
+    the number of rows.
+
+    Columns named in ``ignored`` (of type ``oid``: the same table has
+    another OID in each schema) are left out of each row. ``unordered``
+    hashes the rows as a multiset (two sums of each row's md5), for reads
+    of the system catalogs, whose rows lie in another order in each
+    schema; otherwise the hash is chained, row after row, and a read
+    answering the same rows in another order answers differently (a
+    revision may use the first row of a read without ``ORDER BY``)."""
+    row = "r::text"
+    if ignored:
+        names = ", ".join(quote_literal(name) for name in ignored)
+        row = f"(to_jsonb(r) - ARRAY[{names}]::text[])::text"
+    if unordered:
+        # A catalog row naming the schema the read runs in (an inspector's
+        # foreign key to a table of the same schema) names the scratch
+        # schema in capture and the tenant in the tenant: the name, as a
+        # whole word, is hashed as the empty string.
+        row = (f"regexp_replace({row}, '\\m' || regexp_replace("
+               f"current_schema(), '([^a-z0-9_])', '\\\\\\1', 'g') || "
+               f"'\\M', '', 'g')")
+        declare = "d text; a numeric := 0; b numeric := 0;"
+        add = (f"d := md5({row}); "
+               f"a := a + ('x' || substr(d, 1, 16))::bit(64)::bigint; "
+               f"b := b + ('x' || substr(d, 17, 16))::bit(64)::bigint;")
+        hashed = "a || ':' || b"
+    else:
+        declare, add, hashed = "h text := '';", f"h := md5(h || {row});", "h"
+    body = (f" DECLARE r record; {declare} n bigint := 0; answer text; "
             f"BEGIN FOR r IN EXECUTE {_dollar_quote(statement)} LOOP "
-            f"h := md5(h || r::text); n := n + 1; END LOOP; "
-            f"answer := h || ':' || n; {then} END ")
+            f"{add} n := n + 1; END LOOP; "
+            f"answer := {hashed} || ':' || n; {then} END ")
     return f"DO {_dollar_quote(body)}"
 
 
-def fingerprint_sql(statement):
-    """Fingerprint what ``statement`` reads: the answer comes as a notice
-    (see :func:`read_fingerprint`)."""
+def fingerprint_sql(statement, ignored=(), unordered=False):
+    """Fingerprint what ``statement`` reads (see
+    :func:`_fingerprint_block`): the answer comes as a notice (see
+    :func:`read_fingerprint`)."""
     notice = quote_literal(_READ_NOTICE + "%")
-    return _fingerprint_block(statement, f"RAISE NOTICE {notice}, answer;")
+    return _fingerprint_block(statement, f"RAISE NOTICE {notice}, answer;",
+                              ignored, unordered)
 
 
 def read_fingerprint(notices):
@@ -161,14 +190,14 @@ def checked_sql(statement, check):
     :class:`.capture.Statement`)."""
     if check is None:
         return statement
-    kind, expected = check
+    kind, expected, *options = check
     raise_differs = (
         "RAISE EXCEPTION 'a read of this revision answers differently in "
         f"this schema' USING ERRCODE = '{READ_DIFFERS}';")
     if kind == "rows":
         return _fingerprint_block(
             statement, f"IF answer IS DISTINCT FROM {quote_literal(expected)}"
-                       f" THEN {raise_differs} END IF;")
+                       f" THEN {raise_differs} END IF;", *options)
     body = (f" DECLARE answer bigint; BEGIN EXECUTE "
             f"{_dollar_quote(statement)}; GET DIAGNOSTICS answer = "
             f"ROW_COUNT; IF answer IS DISTINCT FROM {int(expected)} THEN "

@@ -17,9 +17,11 @@ driver), it writes ``BEGIN`` and ``COMMIT`` itself, and the transaction:
 
 ``autocommit_block()``: statements before the block commit (with the
 version of the revisions already done), the block runs outside any
-transaction, and the rest of the revision runs in a new transaction; the
-schema's lock is then held for the session, across those commits. A
-failure inside a block drops any index the block left INVALID.
+transaction, and the rest of the revision runs in a new transaction,
+committed with the revision's version as it ends (a failure later on does
+not take the revision back); the schema's lock is then held for the
+session, across those commits. A failure inside a block drops any index
+the block left INVALID.
 
 In a caller's transaction (``own=False``: provisioning) nothing is
 committed, the caller's settings are put back at the end, and blocks run
@@ -141,6 +143,7 @@ class SchemaRun:
         self.session = None
         self.session_lock = False
         self.committed = False  # some work committed before the end
+        self.commits = 0  # how many times work committed before the end
         self.in_transaction = False
         self.in_safe_block = False
         self.in_block = False  # outside any transaction, in a block
@@ -247,6 +250,7 @@ class SchemaRun:
         self._begin(first=True)
         live_memo = forced = False
         for item in program.steps:
+            commits = self.commits
             if (item.replay is not None and not forced and live_memo
                     and self.session.memo != item.memo_before):
                 # Alembic remembers something else than capture saw before
@@ -254,26 +258,13 @@ class SchemaRun:
                 # would send here, so it and the rest run through Alembic.
                 forced = True
             if item.replay is not None and not forced:
-                self.current = item.revision
-                self.buffer.append(step_notice_sql(item.revision))
-                for in_block, statements in item.replay:
-                    if in_block:
-                        self._block(statements)
-                    else:
-                        self.buffer.extend(statements)
-                self.done_heads = item.heads_after
+                self._replay(item)
                 live_memo = False
-                continue
-            self._sync_version()
-            self._flush()
-            self.current = item.revision
-            session = self._alembic()
-            session.run([item.step],
-                        memo=None if live_memo else item.memo_before)
-            heads = session.applied[-1] if session.applied else (
-                item.heads_after)
-            self.db_heads = self.done_heads = heads
-            live_memo = True
+            else:
+                self._through_alembic(item, live_memo)
+                live_memo = True
+            if self.own and self.commits != commits:
+                self._commit_revision()
         if program.stamp:
             self.done_heads = tuple(program.to_heads)
         self.current = None
@@ -286,6 +277,36 @@ class SchemaRun:
             send_script(self.connection, tenant_unlock_sql(self.schema))
             self.session_lock = False
         return self.done_heads
+
+    def _replay(self, item):
+        self.current = item.revision
+        self.buffer.append(step_notice_sql(item.revision))
+        for in_block, statements in item.replay:
+            if in_block:
+                self._block(statements)
+            else:
+                self.buffer.extend(statements)
+        self.done_heads = item.heads_after
+
+    def _through_alembic(self, item, live_memo):
+        self._sync_version()
+        self._flush()
+        self.current = item.revision
+        session = self._alembic()
+        session.run([item.step], memo=None if live_memo else item.memo_before)
+        heads = session.applied[-1] if session.applied else item.heads_after
+        self.db_heads = self.done_heads = heads
+
+    def _commit_revision(self):
+        """A revision that committed part of its work (an autocommit
+        block) commits, with its version, as soon as it ends: a failure
+        later in the schema's range then leaves it done, and the next try
+        starts after it instead of running it (and its block) again."""
+        self.current = None
+        self._sync_version()
+        self._end()
+        self._flush()
+        self._begin(first=False)
 
     def _autocommit(self):
         """Back to autocommit at the driver (the worker's usual mode)."""
@@ -347,6 +368,7 @@ class SchemaRun:
             if not self.own or body.startswith(("BEGIN", "START")):
                 return "SELECT 1", parameters
             self.committed = True
+            self.commits += 1
             end = "ROLLBACK" if body.startswith(("ROLLBACK", "ABORT")) else (
                 "COMMIT")
             return ";\n".join([end, "BEGIN", *self._settings_sql()]), (
@@ -406,6 +428,7 @@ class SchemaRun:
         self._flush()
         self._autocommit()
         self.committed = True
+        self.commits += 1
         self.buffer.extend(self._settings_sql(local=False))
         self._flush()
         invalid_before = self._invalid_indexes()

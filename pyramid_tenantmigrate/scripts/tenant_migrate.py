@@ -87,43 +87,49 @@ def _add_tenant_selection(parser):
         help="skip this tenant schema (repeatable)")
 
 
-def _add_run_options(parser):
-    _add_tenant_selection(parser)
-    parser.add_argument(
-        "--tenants-from", metavar="FILE",
-        help="only the tenants named in FILE, one per line ('-': stdin)")
-    parser.add_argument(
-        "--shard", metavar="I/N",
+#: The options of commands that run over tenants: flags -> add_argument's
+#: keywords (``upgrade`` takes them all, ``run`` those that apply).
+_RUN_OPTIONS = {
+    ("--tenants-from",): dict(
+        metavar="FILE",
+        help="only the tenants named in FILE, one per line ('-': stdin)"),
+    ("--shard",): dict(
+        metavar="I/N",
         help="only shard I of N of the tenants (a stable split by name), "
-             "tenant branch only; shards run side by side")
-    parser.add_argument(
-        "--retry-failed", action="store_true",
-        help="only the tenants that failed in the last run of this command")
-    parser.add_argument(
-        "--report", metavar="PATH",
-        help="also write the run report as JSON to PATH")
-    parser.add_argument(
-        "--sql", action="store_true",
+             "tenant branch only; shards run side by side"),
+    ("--retry-failed",): dict(
+        action="store_true",
+        help="only the tenants that failed in the last run of this command"),
+    ("--report",): dict(
+        metavar="PATH", help="also write the run report as JSON to PATH"),
+    ("--sql",): dict(
+        action="store_true",
         help="print the SQL for each schema instead of running it "
-             "(offline mode); a 'start:end' target renders from 'start'")
-    parser.add_argument(
-        "--fail-fast", action="store_true", default=None,
+             "(offline mode); a 'start:end' target renders from 'start'"),
+    ("--fail-fast",): dict(
+        action="store_true", default=None,
         help="stop at the first failing tenant (default: go on and report); "
-             "tenants already running on other workers finish")
-    parser.add_argument(
-        "--workers", type=_positive_int, default=None, metavar="N",
+             "tenants already running on other workers finish"),
+    ("--workers",): dict(
+        type=_positive_int, default=None, metavar="N",
         help="parallel connections for tenants (default: the "
-             "tenantmigrate.workers setting, 4)")
-    parser.add_argument(
-        "--json", action="store_true",
-        help="print the run report as JSON on stdout")
-    parser.add_argument(
-        "--wait", type=_wait, default=None, metavar="SECONDS",
+             "tenantmigrate.workers setting, 4)"),
+    ("--json",): dict(
+        action="store_true", help="print the run report as JSON on stdout"),
+    ("--wait",): dict(
+        type=_wait, default=None, metavar="SECONDS",
         help="wait this long for another run's lock (default: the "
-             "tenantmigrate.lock_wait setting, 0: exit at once)")
-    parser.add_argument(
-        "-v", "--verbose", action="store_true",
-        help="print a line per schema as it finishes")
+             "tenantmigrate.lock_wait setting, 0: exit at once)"),
+    ("-v", "--verbose"): dict(
+        action="store_true", help="print a line per schema as it finishes"),
+}
+
+
+def _add_run_options(parser, only=None):
+    _add_tenant_selection(parser)
+    for flags, keywords in _RUN_OPTIONS.items():
+        if only is None or flags[-1] in only:
+            parser.add_argument(*flags, **keywords)
 
 
 class TenantMigrateCommand:
@@ -238,6 +244,17 @@ class TenantMigrateCommand:
                        help="wait this long for another run's lock")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("args", nargs="*", metavar="var=value")
+
+        p = sub.add_parser(
+            "run", help="call an app's function in each tenant, one "
+            "transaction each (a data fix, a seed)")
+        p.add_argument("args", nargs="*",
+                       metavar="module:function [arg ...] [var=value]",
+                       help="the function, called with a TenantTask per "
+                            "tenant (its .args: the arguments after it)")
+        _add_run_options(p, only=("--tenants-from", "--shard", "--report",
+                                  "--fail-fast", "--workers", "--json",
+                                  "--verbose"))
 
         p = sub.add_parser("history", help="list revisions")
         p.add_argument("-r", "--rev-range",
@@ -433,6 +450,10 @@ class TenantMigrateCommand:
             shard=parse_shard(options.shard) if options.shard else None,
             retry_failed=options.retry_failed, **extra)
         progress.finish_line()
+        return self._print_report(report)
+
+    def _print_report(self, report):
+        options = self.options
         # Serialised only when asked for: at 10,000 tenants it costs more
         # than reading their versions.
         if options.report or options.json:
@@ -449,11 +470,44 @@ class TenantMigrateCommand:
         else:
             # With --sql, stdout is the SQL script: the summary goes aside.
             text = report.render_text()
-            if options.sql:
+            if getattr(options, "sql", False):
                 self.err(text)
             else:
                 self.out(text)
         return 0 if report.ok else 1
+
+    def command_run(self, migrator, positionals):
+        from pyramid.path import DottedNameResolver
+
+        from ..tasks import run_in_tenants
+        from ..tenants import parse_shard
+        if not positionals:
+            raise UsageError("run needs the function to call, as "
+                             "package.module:function")
+        name, *args = positionals
+        try:
+            task = DottedNameResolver().resolve(name)
+        except (ImportError, ValueError) as exc:
+            raise UsageError(f"run: cannot import {name}: {exc}") from None
+        if not callable(task):
+            raise UsageError(f"run: {name} is not a function")
+        env = self._bootstrap_app()
+        options = self.options
+        progress = Progress(self.stderr, tty=self.stderr.isatty(),
+                            verbose=options.verbose)
+        try:
+            report = run_in_tenants(
+                self.migrator, task, tenants=tuple(self._tenant_names()),
+                exclude_tenants=tuple(options.exclude_tenant),
+                shard=parse_shard(options.shard) if options.shard else None,
+                workers=options.workers, fail_fast=options.fail_fast,
+                args=tuple(args), registry=env["registry"],
+                progress=progress, name=name)
+        finally:
+            env["closer"]()
+        progress.finish_line()
+        report.config_uri = options.config_uri
+        return self._print_report(report)
 
     def command_runs(self, migrator, positionals):
         from .. import commands

@@ -1,0 +1,95 @@
+"""Which schemas are tenants, for the app: the tenant source's list, cached.
+
+A request naming a tenant (:mod:`.resolution`) and :func:`.set_tenant`
+ask :meth:`TenantDirectory.check` whether a name is a tenant. Asking the
+tenant source each time would cost a query per request; the list is
+kept for ``tenantmigrate.tenant_cache`` seconds instead. A name missing
+from it is looked up again at once (a tenant another process just
+created), at most once a second, so that a stream of unknown names
+cannot turn into a stream of queries. Tenants this process creates or
+drops update it through the provisioning events.
+"""
+import threading
+import time
+
+from .errors import TenantSourceUnavailable, UnknownTenant
+from .names import schema_name_problem
+from .reserved import SPARE_PREFIX
+from .tenants import discover_tenant_schemas
+
+#: Seconds between two reads of the source caused by unknown names.
+MISS_INTERVAL = 1.0
+
+
+class TenantDirectory:
+    """The tenant source's names, as the app sees them."""
+
+    def __init__(self, migrator, max_age=None, clock=time.monotonic):
+        self.migrator = migrator
+        self.max_age = (migrator.settings.tenant_cache if max_age is None
+                        else max_age)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._names = frozenset()
+        self._loaded = None  # when the names were read; None: never
+        # Made here, maybe not committed (nor listed) yet: a request that
+        # creates a tenant may scope its session to it at once.
+        self._created = {}
+
+    def check(self, name):
+        """Return ``name`` if it is a tenant; raise
+        :class:`~.errors.UnknownTenant` otherwise (the shared schema,
+        a spare, any other schema, a name no schema could have)."""
+        settings = self.migrator.settings
+        if (not isinstance(name, str)
+                or schema_name_problem(name, settings.shared_schema)
+                or name.startswith(SPARE_PREFIX)):
+            raise UnknownTenant(name)
+        if not self._knows(name):
+            raise UnknownTenant(name)
+        return name
+
+    def _knows(self, name):
+        with self._lock:
+            now = self._clock()
+            age = None if self._loaded is None else now - self._loaded
+            if age is None or age >= self.max_age or (
+                    name not in self._names and name not in self._created
+                    and age >= MISS_INTERVAL):
+                self._names = frozenset(self._read())
+                self._loaded = now
+                # Made here and listed now, or never committed: forgotten.
+                self._created = {
+                    created: when for created, when in self._created.items()
+                    if created not in self._names
+                    and now - when < self.max_age}
+            return name in self._names or name in self._created
+
+    def _read(self):
+        migrator = self.migrator
+        with migrator.engine.connect() as connection:
+            try:
+                return discover_tenant_schemas(connection, migrator.settings)
+            except TenantSourceUnavailable:
+                return ()  # the shared branch has not made the table yet
+
+    def created(self, name):
+        """A tenant was created here: one from now on (for
+        ``tenant_cache`` seconds until the source lists it)."""
+        with self._lock:
+            self._created[name] = self._clock()
+
+    def dropped(self, name):
+        """A tenant was dropped here: no longer one, from now on."""
+        with self._lock:
+            self._names = self._names - {name}
+
+
+def on_tenant_created(event):
+    """Subscriber of :class:`~.events.TenantCreated`."""
+    event.migrator.tenant_directory.created(event.schema)
+
+
+def on_tenant_dropped(event):
+    """Subscriber of :class:`~.events.TenantDropped`."""
+    event.migrator.tenant_directory.dropped(event.schema)

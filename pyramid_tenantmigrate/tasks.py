@@ -1,0 +1,170 @@
+"""Per-tenant work: an app's callable, run in each tenant, one transaction
+each (``tenant-migrate <ini> run``, :func:`run_in_tenants`).
+
+A data fix, a backfill, a seed for tenants that existed before their
+``TenantCreated`` subscriber did: the callable gets a :class:`TenantTask`
+per tenant and works through its ``connection`` (or ``session``), on
+which tables declared without a schema are the tenant's and the
+``search_path`` starts with the tenant. Each tenant's transaction:
+
+1. waits for the tenant's advisory lock, the one its migrations take, so
+   the task never runs beside a migration of that tenant;
+2. reads the tenant's version under that lock: a tenant not at the
+   tenant head is reported (``behind``: run ``upgrade`` first) and the
+   callable is not called, since it is written for the head's tables;
+3. calls the callable and commits; an exception rolls the tenant back and
+   is reported, and the other tenants go on (``fail_fast`` stops).
+
+Selection, workers and the report are those of ``upgrade``: exit 0 when
+the callable ran and committed in every selected tenant, 1 otherwise.
+The run lock is not taken: a long task does not hold deploys back, and
+the per-tenant lock is what keeps it from a tenant's migration.
+"""
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from .engine.sql import search_path_sql, tenant_lock_sql, timeouts_sql
+from .errors import describe_error
+from .plan import branch_heads
+from .report import (
+    BEHIND,
+    DONE,
+    FAILED,
+    NOT_RUN,
+    REJECTED,
+    BranchReport,
+    RunReport,
+    SchemaResult,
+)
+from .tenants import select_tenants
+from .versions import read_schema_versions
+from .workers import WorkerPool
+
+
+@dataclass
+class TenantTask:
+    """What the callable gets, for one tenant.
+
+    - ``schema``: the tenant;
+    - ``connection``: in the tenant's transaction (committed after the
+      callable returns); tables without a schema are the tenant's;
+    - ``session``: an ORM session on that connection (made when first
+      used; flushed before the commit);
+    - ``args``: the command line's arguments after the callable's name;
+    - ``registry`` (the app's, when the command loaded it), ``migrator``.
+    """
+
+    schema: str
+    connection: object
+    migrator: object
+    registry: object = None
+    args: tuple = ()
+    _session: Session = field(default=None, repr=False)
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = Session(bind=self.connection)
+        return self._session
+
+
+class _Behind(Exception):
+    pass
+
+
+def run_in_tenants(migrator, task, tenants=(), exclude_tenants=(),
+                   shard=None, workers=None, fail_fast=None, args=(),
+                   registry=None, progress=None, name=None):
+    """Call ``task(TenantTask)`` in each selected tenant (all the tenant
+    source lists, or ``tenants``), each in its own transaction; return a
+    :class:`~.report.RunReport` (command ``run``)."""
+    settings = migrator.settings
+    with migrator.connect() as connection:
+        discovered = migrator.discover_tenants(connection)
+    selection = select_tenants(discovered, settings.shared_schema,
+                               tenants, exclude_tenants, shard)
+    head = branch_heads(migrator.script, "tenant")
+    name = name or _name_of(task)
+    branch = BranchReport("tenant", "run", name)
+    branch.results.extend(
+        SchemaResult(schema, REJECTED, error=reason)
+        for schema, reason in selection.rejected)
+    report = RunReport(f"run {name}", branches=[branch], retry_failed=False)
+    fail_fast = settings.fail_fast if fail_fast is None else fail_fast
+
+    results_lock = threading.Lock()
+
+    def work(worker, schema):
+        result = _run_one(migrator, worker.connection, schema, task, head,
+                          registry, tuple(args))
+        with results_lock:
+            branch.results.append(result)
+        if progress is not None:
+            progress("tenant", result)
+        if fail_fast and not result.ok:
+            pool.stop(f"stopped at the first failing tenant ({schema})")
+        if worker.connection.invalidated or worker.connection.closed:
+            worker.reconnect()  # lost with this tenant: the next gets one
+
+    pool = WorkerPool(lambda: migrator.connect(migrator.run_engine),
+                      min(workers or settings.workers,
+                          max(1, len(selection.schemas))),
+                      name="tenantmigrate-task")
+    if progress is not None:
+        progress.planned("tenant", len(selection.schemas))
+    pool.run(selection.schemas, work)
+    branch.workers = pool.opened
+    branch.warnings.extend(pool.warnings)
+    reason = pool.aborted or "run stopped"
+    branch.results.extend(SchemaResult(schema, NOT_RUN, error=reason)
+                          for schema in pool.leftover)
+    branch.results.sort(key=lambda r: r.schema)
+    report.aborted = pool.aborted
+    return report.finish()
+
+
+def _name_of(task):
+    return f"{getattr(task, '__module__', '?')}:" \
+           f"{getattr(task, '__qualname__', repr(task))}"
+
+
+def _run_one(migrator, connection, schema, task, head, registry, args):
+    settings = migrator.settings
+    started = time.monotonic()
+    heads = ()
+    try:
+        with connection.begin():
+            connection.exec_driver_sql(tenant_lock_sql(schema))
+            heads = read_schema_versions(
+                connection, [schema], settings.version_table,
+                commit=False)[schema].heads
+            if tuple(sorted(heads)) != head:
+                raise _Behind(
+                    f"at {','.join(heads) or 'base'}, the tenant head is "
+                    f"{','.join(head)}: run upgrade first")
+            connection.exec_driver_sql(search_path_sql(
+                schema, (settings.shared_schema,
+                         *settings.extra_search_path)))
+            connection.exec_driver_sql(timeouts_sql(
+                settings.lock_timeout, settings.statement_timeout))
+            connection.execution_options(
+                schema_translate_map={None: schema})
+            tenant = TenantTask(schema, connection, migrator, registry, args)
+            task(tenant)
+            if tenant._session is not None:
+                tenant._session.flush()
+                tenant._session.close()
+        status, error = DONE, None
+    except _Behind as exc:
+        status, error = BEHIND, str(exc)
+    except Exception as exc:
+        status, error = FAILED, describe_error(exc)
+    finally:
+        if not (connection.invalidated or connection.closed):
+            connection.execution_options(schema_translate_map=None)
+    return SchemaResult(schema, status, from_heads=tuple(heads),
+                        to_heads=tuple(heads), error=error,
+                        duration=time.monotonic() - started)
