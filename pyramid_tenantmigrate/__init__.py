@@ -33,6 +33,7 @@ Around runs:
 - :mod:`.spares`       tenant schemas made ahead, so a sign-up is a rename
 - :mod:`.autogenerate` comparing each branch's models with the database
 - :mod:`.tasks`        an app's function run in each tenant (``run``)
+- :mod:`.testing`      pytest fixtures for the app's own tests
 
 Shells:
 

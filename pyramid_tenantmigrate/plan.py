@@ -111,7 +111,9 @@ def _destinations(script, operation, target):
     if target == "base":
         return [(b, f"{b}@base") for b in present]
     if target in BRANCHES:
-        return [(target, f"{target}@head")]
+        # A branch without revisions yet (a history of tenant revisions
+        # only) has nothing to do, as 'heads' would find.
+        return [(target, f"{target}@head")] if target in present else []
     if "@" in target:
         branch, _, position = target.partition("@")
         if branch not in BRANCHES:

@@ -142,3 +142,12 @@ def test_downgrade_sql_renders_from_the_current_revision(project, db):
         assert connection.execute(sa.text(
             "SELECT count(*) FROM pg_indexes WHERE indexname = "
             "'ix_notes_pinned'")).scalar() == 1
+
+
+def test_upgrading_a_branch_without_revisions_does_nothing(project, db):
+    """A history of tenant revisions only: 'upgrade shared' (and the
+    startup hook's shared mode) has nothing to do, not a traceback."""
+    project.write_revision("tenant", "t1", None, "pass")
+    result = project.cli("upgrade", "shared", check=0)
+    assert "Traceback" not in result.stderr
+    assert version_of(db, "public") is None
