@@ -61,7 +61,12 @@ from .errors import (  # noqa: F401
     UnknownTenant,
     UsageError,
 )
-from .events import TenantCreated, TenantDropped  # noqa: F401
+from .events import (  # noqa: F401
+    TenantCloned,
+    TenantCreated,
+    TenantDropped,
+    TenantRenamed,
+)
 
 #: The rest of the public API, imported when first used: ``tenant-migrate
 #: --help`` should not pay for Alembic and SQLAlchemy.
@@ -69,6 +74,8 @@ _LAZY = {
     "TenantMigrator": ".migrator",
     "create_tenant": ".provisioning",
     "drop_tenant": ".provisioning",
+    "rename_tenant": ".provisioning",
+    "clone_tenant": ".provisioning",
     "get_tenant_session": ".sessions",
     "set_tenant": ".sessions",
     "clear_tenant": ".sessions",
@@ -109,8 +116,8 @@ def includeme(config):
       startup hook tell ``pserve`` from scripts);
     - adds ``request.create_tenant(name)`` and ``request.drop_tenant(name)``,
       which provision in the request's transaction (``request.dbsession``,
-      ``request.tm``) and send ``TenantCreated`` / ``TenantDropped``, which
-      also keep the app's cached list of tenants current;
+      ``request.tm``), keep the app's cached list of tenants current, and
+      send ``TenantCreated`` / ``TenantDropped``;
     - adds ``request.tenant`` (reified): the tenant the request names
       (``tenantmigrate.tenant_from`` or ``config.set_tenant_resolver``),
       checked against the tenant source. After routing, a request naming
@@ -125,7 +132,7 @@ def includeme(config):
     """
     from pyramid.events import ApplicationCreated, BeforeTraversal
 
-    from . import directives, directory, resolution
+    from . import directives, resolution
     from .migrator import TenantMigrator
     from .startup import on_application_created
 
@@ -143,8 +150,6 @@ def includeme(config):
     config.add_request_method(directives.request_create_tenant,
                               "create_tenant")
     config.add_request_method(directives.request_drop_tenant, "drop_tenant")
-    config.add_subscriber(directory.on_tenant_created, TenantCreated)
-    config.add_subscriber(directory.on_tenant_dropped, TenantDropped)
     config.add_request_method(resolution.request_tenant, "tenant",
                               reify=True)
     config.add_subscriber(resolution.scope_request, BeforeTraversal)

@@ -6,8 +6,10 @@ tenant source each time would cost a query per request; the list is
 kept for ``tenantmigrate.tenant_cache`` seconds instead. A name missing
 from it is looked up again at once (a tenant another process just
 created), at most once a second, so that a stream of unknown names
-cannot turn into a stream of queries. Tenants this process creates or
-drops update it through the provisioning events.
+cannot turn into a stream of queries. Tenants this process creates,
+clones, renames or drops count at once: provisioning tells the
+migrator's directory before it sends its event (whose subscribers may
+scope a session to the new tenant).
 """
 import threading
 import time
@@ -83,13 +85,5 @@ class TenantDirectory:
         """A tenant was dropped here: no longer one, from now on."""
         with self._lock:
             self._names = self._names - {name}
+            self._created.pop(name, None)
 
-
-def on_tenant_created(event):
-    """Subscriber of :class:`~.events.TenantCreated`."""
-    event.migrator.tenant_directory.created(event.schema)
-
-
-def on_tenant_dropped(event):
-    """Subscriber of :class:`~.events.TenantDropped`."""
-    event.migrator.tenant_directory.dropped(event.schema)

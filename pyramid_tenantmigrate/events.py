@@ -15,8 +15,9 @@ class _TenantEvent:
     """
 
     def __init__(self, schema, connection, migrator, registry=None,
-                 request=None, dbsession=None):
+                 request=None, dbsession=None, source=None):
         self.schema = schema
+        self.source = source
         self.connection = connection
         self.migrator = migrator
         self.registry = registry
@@ -42,3 +43,14 @@ class TenantCreated(_TenantEvent):
 class TenantDropped(_TenantEvent):
     """A tenant schema was dropped (same attributes as
     :class:`TenantCreated`, the schema no longer exists)."""
+
+
+class TenantRenamed(_TenantEvent):
+    """A tenant schema was renamed: ``schema`` is its new name, ``source``
+    the old one (update the tenants table here: the same transaction)."""
+
+
+class TenantCloned(_TenantEvent):
+    """A tenant schema was made as a copy of another: ``schema`` is the new
+    tenant, ``source`` the one copied (at its revision, with its rows when
+    asked); record the new tenant here, in the same transaction."""

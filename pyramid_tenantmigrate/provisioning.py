@@ -11,7 +11,8 @@ later (PostgreSQL DDL is transactional, so the schema and its tables are
 gone then). Without a connection it opens and commits its own transaction.
 
 :func:`drop_tenant` is the explicit opposite; nothing here drops a schema
-implicitly.
+implicitly. :func:`rename_tenant` and :func:`clone_tenant` run the same
+way, each with its event, in which the app updates its tenants table.
 """
 import logging
 
@@ -19,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from .engine.schema import migrate_in_transaction
-from .engine.sql import UNSAFE_NEW_ENUM, tenant_lock_sql
+from .engine.sql import UNSAFE_NEW_ENUM, quote_literal, tenant_lock_sql
 from .engine.transaction import ScriptFailed
 from .errors import (
     ProvisioningFailed,
@@ -28,7 +29,7 @@ from .errors import (
     describe_error,
     sqlstate,
 )
-from .events import TenantCreated, TenantDropped
+from .events import TenantCloned, TenantCreated, TenantDropped, TenantRenamed
 from .names import quote_schema, validate_schema_name
 from .plan import TENANT, branch_heads
 from .reserved import PROVISIONING_LOCK, lock_key
@@ -87,6 +88,46 @@ def drop_tenant(migrator, name, *, connection=None, dbsession=None,
     """
     return _where_it_runs(_drop, migrator, name, connection, dbsession,
                           transaction_manager, registry, request)
+
+
+def rename_tenant(migrator, old, new, *, connection=None, dbsession=None,
+                  transaction_manager=None, registry=None, request=None):
+    """Rename the tenant schema ``old`` to ``new`` (its tables, data and
+    version table go with it). Runs where :func:`create_tenant` would,
+    waiting for both names' tenant locks (a migration of ``old`` ends
+    first). Sends :class:`~pyramid_tenantmigrate.events.TenantRenamed`.
+    SQL that names the schema (a function body, a view's text that
+    qualifies its tables) is the app's to update."""
+    new = validate_schema_name(new, migrator.shared_schema)
+
+    def work(migrator, schema, connection, registry, request, dbsession):
+        _rename(migrator, schema, new, connection,
+                _registry(registry, request), request, dbsession)
+
+    _where_it_runs(work, migrator, old, connection, dbsession,
+                   transaction_manager, registry, request)
+    return new
+
+
+def clone_tenant(migrator, source, target, *, data=False, connection=None,
+                 dbsession=None, transaction_manager=None, registry=None,
+                 request=None):
+    """Make the tenant ``target`` a copy of ``source``: created and brought
+    to ``source``'s revision by the migrations (what a tenant at that
+    revision holds), then, with ``data``, every table's rows copied (in
+    foreign-key order) and each sequence set where ``source``'s is.
+    ``source``'s tenant lock is held meanwhile: no migration moves it
+    during the copy. Runs where :func:`create_tenant` would; sends
+    :class:`~pyramid_tenantmigrate.events.TenantCloned`."""
+    target = validate_schema_name(target, migrator.shared_schema)
+
+    def work(migrator, schema, connection, registry, request, dbsession):
+        _clone(migrator, schema, target, data, connection,
+               _registry(registry, request), request, dbsession)
+
+    _where_it_runs(work, migrator, source, connection, dbsession,
+                   transaction_manager, registry, request)
+    return target
 
 
 def _where_it_runs(work, migrator, name, connection, dbsession,
@@ -182,6 +223,7 @@ def _create(migrator, schema, connection, registry, request, dbsession):
                     "otherwise run 'tenant-migrate <ini> upgrade'",
                     schema, ",".join(own_heads), ",".join(newer))
         connection.execution_options(**tenant_execution_options(schema))
+        migrator.tenant_directory.created(schema)  # for subscribers too
         _notify(TenantCreated(schema, connection, migrator,
                               _registry(registry, request), request,
                               dbsession))
@@ -215,5 +257,137 @@ def _drop(migrator, schema, connection, registry, request, dbsession):
     if not schema_exists(connection, schema):
         raise TenantNotFound(schema)
     connection.exec_driver_sql(f"DROP SCHEMA {quote_schema(schema)} CASCADE")
+    migrator.tenant_directory.dropped(schema)
     _notify(TenantDropped(schema, connection, migrator,
                           _registry(registry, request), request, dbsession))
+
+
+def _lock_provisioning(migrator, connection):
+    connection.exec_driver_sql(
+        f"SELECT pg_advisory_xact_lock_shared({PROVISIONING_LOCK}, "
+        f"{lock_key(migrator.shared_schema)})")
+
+
+def _rename(migrator, old, new, connection, registry, request, dbsession):
+    _lock_provisioning(migrator, connection)
+    for schema in sorted({old, new}):  # in one order: no deadlock
+        connection.exec_driver_sql(tenant_lock_sql(schema))
+    if not schema_exists(connection, old):
+        raise TenantNotFound(old)
+    if schema_exists(connection, new):
+        raise TenantExists(new)
+    connection.exec_driver_sql(
+        f"ALTER SCHEMA {quote_schema(old)} RENAME TO {quote_schema(new)}")
+    migrator.tenant_directory.dropped(old)
+    migrator.tenant_directory.created(new)
+    _notify(TenantRenamed(new, connection, migrator, registry, request,
+                          dbsession, source=old))
+
+
+def _clone(migrator, source, target, data, connection, registry, request,
+           dbsession):
+    from .versions import read_schema_versions
+
+    _lock_provisioning(migrator, connection)
+    connection.exec_driver_sql(tenant_lock_sql(source))
+    if not schema_exists(connection, source):
+        raise TenantNotFound(source)
+    if schema_exists(connection, target):
+        raise TenantExists(target)
+    heads = read_schema_versions(connection, [source],
+                                 migrator.settings.version_table,
+                                 commit=False)[source].heads
+    connection.exec_driver_sql(f"CREATE SCHEMA {quote_schema(target)}")
+    connection.exec_driver_sql(tenant_lock_sql(target))
+    for head in heads:
+        try:
+            migrate_in_transaction(migrator, connection, target,
+                                   f"tenant@{head}")
+        except ScriptFailed as exc:
+            raise ProvisioningFailed(target, exc.revision,
+                                     describe_error(exc.error)) from exc
+    if data:
+        try:
+            _copy_rows(connection, source, target,
+                       migrator.settings.version_table)
+        except (ValueError, DBAPIError) as exc:
+            raise ProvisioningFailed(target, None, (
+                f"copying the rows of {source} failed: "
+                f"{describe_error(getattr(exc, 'orig', None) or exc)} "
+                f"(does {source} hold what its revision makes?)")) from exc
+    migrator.tenant_directory.created(target)
+    _notify(TenantCloned(target, connection, migrator, registry, request,
+                         dbsession, source=source))
+
+
+_TABLES = text("""
+SELECT c.relname,
+       array(SELECT quote_ident(a.attname) FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0
+               AND NOT a.attisdropped AND a.attgenerated = ''
+             ORDER BY a.attnum)
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = :schema AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ORDER BY c.relname
+""")
+_REFERENCES = text("""
+SELECT c.relname, r.relname
+FROM pg_catalog.pg_constraint k
+JOIN pg_catalog.pg_class c ON c.oid = k.conrelid
+JOIN pg_catalog.pg_class r ON r.oid = k.confrelid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE k.contype = 'f' AND n.nspname = :schema
+  AND r.relnamespace = c.relnamespace AND r.oid <> c.oid
+""")
+_SEQUENCES = text("""
+SELECT c.relname FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = :schema AND c.relkind = 'S' ORDER BY 1
+""")
+
+
+def _copy_rows(connection, source, target, version_table):
+    """Every table's rows from ``source`` into ``target`` (the same tables:
+    both at one revision), referenced tables first; then each sequence of
+    ``target`` set where ``source``'s stands."""
+    columns = dict(connection.execute(_TABLES, {"schema": source}).all())
+    columns.pop(version_table, None)
+    references = connection.execute(_REFERENCES, {"schema": source}).all()
+    src, dst = quote_schema(source), quote_schema(target)
+    for table in _referenced_first(columns, references):
+        names = ", ".join(columns[table])
+        if not names:
+            continue
+        qualified = quote_schema(table)
+        connection.exec_driver_sql(
+            f"INSERT INTO {dst}.{qualified} ({names}) OVERRIDING SYSTEM "
+            f"VALUE SELECT {names} FROM {src}.{qualified}")
+    for (sequence,) in connection.execute(_SEQUENCES, {"schema": target}):
+        name = quote_schema(sequence)
+        connection.exec_driver_sql(
+            f"SELECT setval({quote_literal(f'{dst}.{name}')}, s.last_value, "
+            f"s.is_called) FROM {src}.{name} s")
+
+
+def _referenced_first(tables, references):
+    """``tables`` ordered so that each comes after those it references;
+    a cycle of foreign keys is refused (it cannot be filled that way)."""
+    needs = {table: set() for table in tables}
+    for table, referenced in references:
+        if table in needs and referenced in needs:
+            needs[table].add(referenced)
+    ordered = []
+    while needs:
+        ready = sorted(t for t, deps in needs.items() if not deps)
+        if not ready:
+            raise ValueError(
+                "the tables' foreign keys form a cycle ("
+                + ", ".join(sorted(needs)) + "): their rows cannot be "
+                "copied one table after another")
+        for table in ready:
+            ordered.append(table)
+            del needs[table]
+        for deps in needs.values():
+            deps.difference_update(ready)
+    return ordered

@@ -63,7 +63,9 @@ def resolver_for(settings):
 def request_tenant(request):
     """``request.tenant`` (reified): the request's tenant schema, ``None``
     when it names none; :class:`~pyramid.httpexceptions.HTTPNotFound` when
-    it names something that is not a tenant."""
+    it names something that is not a tenant. After routing,
+    :func:`scope_request` sets it anew (read before routing, the matchdict
+    was not known yet)."""
     resolve = request.registry.tenant_resolver
     name = resolve(request) if resolve is not None else None
     if name is None:
@@ -80,7 +82,7 @@ def scope_request(event):
     request = event.request
     if request.registry.tenant_resolver is None:
         return
-    tenant = request.tenant
+    tenant = request.tenant = request_tenant(request)
     attribute = get_migrator(request.registry).settings.request_session
     if attribute is None:
         return

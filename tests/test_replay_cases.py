@@ -701,3 +701,120 @@ def test_a_check_failing_in_most_tenants_is_learned(project, db, caplog):
         assert {connection.exec_driver_sql(
             f"SELECT obj_description('{t}.notes'::regclass)").scalar()
             for t in tenants} == {"3 notes"}
+
+
+@pytest.mark.parametrize("how", ["literal", "parameter"])
+def test_an_oid_written_back_into_sql(project, db, how):
+    """A revision reads a table's OID and uses it in its next query: as a
+    bound parameter it is replayed as the table's name (the tenant's own
+    table), written into the SQL by the revision it cannot replay; either
+    way each tenant does what plain Alembic does there."""
+    where = ("conrelid = :t" if how == "parameter" else "conrelid = {oid}")
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", f"""
+        bind = op.get_bind()
+        oid = bind.execute(sa.text("SELECT 'notes'::regclass::oid")).scalar()
+        n = bind.execute(sa.text(
+            f"SELECT count(*) FROM pg_constraint WHERE {where} "
+            "AND contype = 'u'"), {{"t": oid}}).scalar()
+        if not n:
+            op.create_unique_constraint("uq_title", "notes", ["title"])
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "ALTER TABLE tenant_b.notes "
+            "ADD CONSTRAINT uq_title UNIQUE (title)")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]["t2"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == ({"tenant_a": "replay", "tenant_b": "alembic"}
+                     if how == "parameter" else
+                     {"tenant_a": "alembic", "tenant_b": "alembic"})
+    with db.connect() as connection:
+        for schema in ("tenant_a", "tenant_b"):
+            assert connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = "
+                f"'{schema}.notes'::regclass AND contype = 'u'").scalar() == 1
+
+
+def test_a_read_after_an_autocommit_block_is_not_replayed(project, db):
+    """A tenant where it answered otherwise could not be rolled back past
+    the block's commit: such a revision runs through Alembic."""
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        with op.get_context().autocommit_block():
+            op.create_index("ix_title", "notes", ["title"],
+                            postgresql_concurrently=True)
+        n = op.get_bind().execute(sa.text("SELECT count(*) FROM notes"))
+        op.execute(f"COMMENT ON TABLE notes IS '{n.scalar()}'")
+        """)
+    create_schemas(db, "tenant_a")
+    report = upgrade_json(project)
+    assert tenant_results(report)["tenant_a"]["paths"]["t2"] == "alembic"
+
+
+def test_a_system_oid_read_is_checked(project, db):
+    """A built-in type's OID means the same everywhere: it is part of the
+    check (only OIDs of objects made in the database are left out)."""
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        kind = op.get_bind().execute(sa.text(
+            "SELECT atttypid FROM pg_catalog.pg_attribute WHERE attrelid = "
+            "'notes'::regclass AND attname = 'title'")).scalar()
+        if kind == 25:  # text
+            op.execute("COMMENT ON COLUMN notes.title IS 'text'")
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "ALTER TABLE tenant_b.notes ALTER title TYPE varchar(50)")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]["t2"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {"tenant_a": "replay", "tenant_b": "alembic"}
+    with db.connect() as connection:
+        comments = [connection.exec_driver_sql(
+            f"SELECT col_description('{s}.notes'::regclass, 2)").scalar()
+            for s in ("tenant_a", "tenant_b")]
+    assert comments == ["text", None]
+
+
+def test_the_first_row_of_a_catalog_read_keeps_its_order(project, db):
+    """A catalog read is checked in any order, unless the revision took
+    fewer rows than it returned (``.scalar()``, ``.first()``): which came
+    first is then what it used, and a tenant whose catalog rows lie in
+    another order runs it through Alembic."""
+    project.write_revision("tenant", "t1", None, NOTES + """
+    op.create_table("tags", sa.Column("id", sa.Integer, primary_key=True))
+    """)
+    project.write_revision("tenant", "t2", "t1", """
+        first = op.get_bind().execute(sa.text(
+            "SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = "
+            "current_schema()::regnamespace AND relkind = 'r' "
+            "AND relname <> 'alembic_version'")).scalar()
+        op.execute(f"COMMENT ON TABLE tags IS 'first: {first}'")
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "ALTER TABLE tenant_b.notes RENAME TO notes_x; "
+            "ALTER TABLE tenant_b.notes_x RENAME TO notes")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]["t2"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {"tenant_a": "replay", "tenant_b": "alembic"}
+    with db.connect() as connection:
+        comments = [connection.exec_driver_sql(
+            f"SELECT obj_description('{s}.tags'::regclass)").scalar()
+            for s in ("tenant_a", "tenant_b")]
+    assert comments == ["first: notes", "first: tags"]

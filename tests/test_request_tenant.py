@@ -236,3 +236,20 @@ def test_setting_and_directive_together_are_refused(project):
                        match="tenant_from both say"):
         make_app(settings(project, tenant_from="header X-Tenant"),
                  resolver=lambda request: None)
+
+
+def test_a_tenant_read_before_routing_is_read_again(tenants):
+    """Something reading request.tenant before routing (a NewRequest
+    subscriber) saw no matchdict yet: after routing the request's tenant
+    is resolved again, checked and scoped all the same."""
+    from pyramid.events import NewRequest
+
+    seen = []
+    app = make_app(settings(tenants, tenant_from="matchdict tenant"))
+    app.registry.registerHandler(
+        lambda event: seen.append(event.request.tenant), (NewRequest,))
+    app = webtest.TestApp(app)
+    assert app.get("/t/tenant_b/notes").json == {
+        "tenant": "tenant_b", "titles": ["tenant_b note"]}
+    app.get("/t/other/notes", status=404)
+    assert seen == [None, None]

@@ -420,6 +420,9 @@ class _Recorder:
         self._revision = None
         self._statements = []
         self._rowcounts = []
+        #: ``{statement index: (cursor, ordered check)}`` of catalog reads
+        #: checked in any order unless the revision left rows unread.
+        self._in_order = {}
         self._reasons = []
         self._controls_transaction = False
         self._memo_before = None
@@ -429,6 +432,7 @@ class _Recorder:
         self._revision = revision
         self._statements = []
         self._rowcounts = []
+        self._in_order = {}
         self._reasons = []
         self._controls_transaction = False
         self._memo_before = copy.deepcopy(memo)
@@ -439,6 +443,12 @@ class _Recorder:
     def end(self, memo):
         self.active = False
         self.running = None
+        for index, (cursor, ordered) in self._in_order.items():
+            # It took fewer rows than there were (.first(), .scalar()):
+            # which one came first is what it used.
+            if cursor.fetched < cursor.rowcount:
+                self._statements[index] = replace(self._statements[index],
+                                                  check=ordered)
         reason = "; ".join(self._reasons) or None
         self.captured.append(CapturedRevision(
             self._revision, tuple(self._statements), reason,
@@ -461,6 +471,9 @@ class _Recorder:
         if failed:
             self.note(f"a statement failed and the revision went on (a "
                       f"probe?): {_head(sql)}")
+        elif _names_scratch_oids(cursor.connection, sql, self.scratch):
+            self.note(f"sends the OID of an object of the schema it runs "
+                      f"in (another in each schema): {_head(sql)}")
         check = None
         if not failed and self.op_depth == 0:
             # A server-side cursor has no description until fetched: its
@@ -473,6 +486,11 @@ class _Recorder:
                 # the row count cannot be told.
                 self.note("changes rows through the driver (the row count "
                           f"may reach its code): {_head(sql)}")
+        if check is not None and any(s.in_block for s in self._statements):
+            # A tenant answering otherwise could not be rolled back past
+            # the block's commit: the revision would run again whole.
+            self.note(f"reads the database after its autocommit block: "
+                      f"{_head(sql)}")
         self._statements.append(Statement(sql, self.in_block, check))
         self._rowcounts.append(cursor.rowcount)
         self.last_sql = sql
@@ -502,6 +520,13 @@ class _Recorder:
                 unordered = _reads_only_catalogs(probe, sql)
                 probe.execute(fingerprint_sql(sql, ignored, unordered))
                 fingerprint = read_fingerprint(notices)
+                if unordered and cursor.rowcount > 1:
+                    # Should the revision use a row before the last (its
+                    # first, say), the order counts: see end().
+                    probe.execute(fingerprint_sql(sql, ignored))
+                    self._in_order[len(self._statements)] = (
+                        cursor, ("rows", read_fingerprint(notices), ignored,
+                                 False))
             finally:
                 # Released too: statements after a rolled-back savepoint
                 # would run in a subtransaction, where PostgreSQL does not
@@ -673,6 +698,40 @@ WHERE n.nspname = %(scratch)s AND n.oid = ANY(%(oids)s::oid[])
 """
 
 
+_NUMBERS = re.compile(r"(?<![\w.$'])\d{5,10}(?![\w.])")
+
+
+def _names_scratch_oids(connection, sql, scratch):
+    """Whether ``sql`` holds, as a number, the OID of an object of the
+    scratch schema (one the revision read and wrote back into SQL by
+    itself): that SQL means another object, or none, in each tenant."""
+    oids = sorted({int(n) for n in _NUMBERS.findall(sql)
+                   if _FIRST_USER_OID <= int(n) < 2**32})
+    if not oids:
+        return False
+    probe = psycopg2.extensions.cursor(connection)
+    try:
+        probe.execute(_SCRATCH_OIDS, {"scratch": scratch, "oids": oids})
+        return probe.fetchone()[0]
+    finally:
+        probe.close()
+
+
+_SCRATCH_OIDS = """
+SELECT EXISTS (
+  SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = %(scratch)s
+    AND (n.oid = ANY(%(oids)s::oid[])
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE
+                 c.relnamespace = n.oid AND c.oid = ANY(%(oids)s::oid[]))
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_type t WHERE
+                 t.typnamespace = n.oid AND t.oid = ANY(%(oids)s::oid[]))
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k WHERE
+                 k.connamespace = n.oid AND k.oid = ANY(%(oids)s::oid[]))
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE
+                 p.pronamespace = n.oid AND p.oid = ANY(%(oids)s::oid[]))))
+"""
+
+
 def _scratch_objects(connection, scratch, oids):
     probe = psycopg2.extensions.cursor(connection)
     try:
@@ -718,6 +777,25 @@ class _CaptureCursor(psycopg2.extensions.cursor):
     """Records every statement while a revision runs (see the module
     docstring), and keeps the capture transaction open."""
 
+    #: Rows the revision took from the last statement's result.
+    fetched = 0
+
+    def fetchone(self):
+        row = super().fetchone()
+        self.fetched += row is not None
+        return row
+
+    def fetchmany(self, size=None):
+        rows = (super().fetchmany() if size is None
+                else super().fetchmany(size))
+        self.fetched += len(rows)
+        return rows
+
+    def fetchall(self):
+        rows = super().fetchall()
+        self.fetched += len(rows)
+        return rows
+
     def execute(self, query, vars=None, via_sqlalchemy=None):
         recorder = self.connection.recorder
         if recorder is None:
@@ -725,7 +803,7 @@ class _CaptureCursor(psycopg2.extensions.cursor):
         if via_sqlalchemy is None:
             via_sqlalchemy = recorder.in_sqlalchemy
         recorder.in_sqlalchemy = False
-        if recorder.active and "pg_catalog" in query:
+        if recorder.active:
             vars = _relations_by_name(self, vars, recorder.scratch)
         sql = self.mogrify(query, vars).decode(
             psycopg2.extensions.encodings[self.connection.encoding])
@@ -734,6 +812,7 @@ class _CaptureCursor(psycopg2.extensions.cursor):
                 recorder.transaction_control(sql)
             return None  # not sent: the capture transaction stays open
         sent = transaction_safe(sql) if recorder.in_block else sql
+        self.fetched = 0
         try:
             if sent is not None:
                 # Not in a savepoint: an enum value added in one could not

@@ -247,11 +247,12 @@ class BranchExecution:
             tries.from_heads, tries.steps = found
             tries.create = False
             return None
-        if state in RETRYABLE and not run.committed:
+        if state in RETRYABLE and not run.committed_in_revision:
             tries.attempt += 1
             if self.retry.should_retry(tries.attempt):
                 self.retry.wait(tries.attempt)
-                return None
+                return self._replan_after(worker, schema_plan, tries, run,
+                                          program)
         return self._failure(schema_plan, program, run, exc, tries.attempt)
 
     def _replan_after(self, worker, schema_plan, tries, run, program):
@@ -301,7 +302,7 @@ class BranchExecution:
                     "waits for every older transaction of the database, "
                     "other tenants' and the app's; raise lock_timeout, or "
                     "run with fewer --workers)")
-            elif run.committed:
+            elif run.committed_in_revision:
                 message += (" (not tried again: part of the revision was "
                             "committed)")
             else:
@@ -316,12 +317,17 @@ class BranchExecution:
                 f"; the autocommit block left the INVALID index {name}: "
                 f"drop it (DROP INDEX CONCURRENTLY {qualified}), then re-run")
         at = run.db_heads if run.committed else schema_plan.from_heads
-        if run.committed:
+        if run.committed_in_revision:
             message += (
                 f"; statements of revision {revision} before its "
                 f"autocommit block were committed and its version is "
                 f"still {_revs(at)}, so a re-run runs {revision} again "
                 "from its start")
+        elif run.committed:
+            message += (
+                f"; it is at {_revs(at)}: the revisions before, which have "
+                "autocommit blocks, committed as they ended, and a re-run "
+                "goes on from there")
         return SchemaResult(schema_plan.schema, FAILED,
                             schema_plan.from_heads, at, error=message,
                             failed_revision=revision)

@@ -144,6 +144,7 @@ class SchemaRun:
         self.session_lock = False
         self.committed = False  # some work committed before the end
         self.commits = 0  # how many times work committed before the end
+        self.commits_before_revision = 0
         self.in_transaction = False
         self.in_safe_block = False
         self.in_block = False  # outside any transaction, in a block
@@ -250,7 +251,7 @@ class SchemaRun:
         self._begin(first=True)
         live_memo = forced = False
         for item in program.steps:
-            commits = self.commits
+            commits = self.commits_before_revision = self.commits
             if (item.replay is not None and not forced and live_memo
                     and self.session.memo != item.memo_before):
                 # Alembic remembers something else than capture saw before
@@ -277,6 +278,12 @@ class SchemaRun:
             send_script(self.connection, tenant_unlock_sql(self.schema))
             self.session_lock = False
         return self.done_heads
+
+    @property
+    def committed_in_revision(self):
+        """Part of the revision running now was committed (its autocommit
+        block): trying it again would run that part twice."""
+        return self.commits != self.commits_before_revision
 
     def _replay(self, item):
         self.current = item.revision

@@ -583,6 +583,17 @@ class TenantMigrateCommand:
                            help="create a tenant schema at the tenant head")
         p.add_argument("args", nargs="*", metavar="NAME [var=value]")
 
+        p = sub.add_parser("rename-tenant",
+                           help="rename a tenant schema (TenantRenamed)")
+        p.add_argument("args", nargs="*", metavar="OLD NEW [var=value]")
+
+        p = sub.add_parser(
+            "clone-tenant", help="make a tenant as a copy of another, at "
+            "its revision (TenantCloned)")
+        p.add_argument("--data", action="store_true",
+                       help="copy the rows too (default: the tables only)")
+        p.add_argument("args", nargs="*", metavar="SOURCE NEW [var=value]")
+
         p = sub.add_parser("drop-tenant",
                            help="drop a tenant schema and all its data")
         p.add_argument("--yes", action="store_true",
@@ -656,6 +667,52 @@ class TenantMigrateCommand:
             self.err(f"tenant-migrate: note: the tenant source does not list "
                      f"{schema}; add it there (e.g. a row in your tenants "
                      "table) or later upgrades will not migrate it")
+
+    def _two_names(self, positionals, first, second):
+        if len(positionals) != 2:
+            raise UsageError(f"{self.options.command} takes {first} and "
+                             f"{second}, got " + (" ".join(positionals)
+                                                  or "nothing"))
+        return positionals
+
+    def _provision(self, work, done):
+        """Run ``work(registry, request)`` in the loaded app (its
+        subscribers run in the same transaction); print ``done``."""
+        from ..errors import describe_error
+        env = self._bootstrap_app()
+        try:
+            work(env["registry"], env["request"])
+        except TenantMigrateError:
+            raise
+        except Exception as exc:
+            raise SubscriberFailed(
+                f"{self.options.command} failed in the app's code (a "
+                f"subscriber?): {describe_error(exc)}; nothing was "
+                "changed") from None
+        finally:
+            env["closer"]()
+        self.out(done)
+        return 0
+
+    def command_rename_tenant(self, migrator, positionals):
+        from ..provisioning import rename_tenant
+        old, new = self._two_names(positionals, "the tenant", "its new name")
+        return self._provision(
+            lambda registry, request: rename_tenant(
+                self.migrator, old, new, registry=registry, request=request),
+            f"Renamed tenant schema {old} to {new}")
+
+    def command_clone_tenant(self, migrator, positionals):
+        from ..provisioning import clone_tenant
+        source, target = self._two_names(positionals, "the tenant to copy",
+                                         "the new tenant's name")
+        data = self.options.data
+        return self._provision(
+            lambda registry, request: clone_tenant(
+                self.migrator, source, target, data=data, registry=registry,
+                request=request),
+            f"Made tenant schema {target} as a copy of {source}"
+            + (" (tables and rows)" if data else " (tables, no rows)"))
 
     def command_drop_tenant(self, migrator, positionals):
         from ..provisioning import drop_tenant
