@@ -818,3 +818,58 @@ def test_the_first_row_of_a_catalog_read_keeps_its_order(project, db):
             f"SELECT obj_description('{s}.tags'::regclass)").scalar()
             for s in ("tenant_a", "tenant_b")]
     assert comments == ["first: notes", "first: tags"]
+
+
+def test_a_backfill_in_batches_inside_an_autocommit_block(project, db):
+    """The usual large backfill: batches in an autocommit block until one
+    changes no row. Where the first batch changes nothing, as in capture,
+    it replays; where it finds rows, the batch is rolled back with its
+    check and the revision runs through Alembic from its start."""
+    project.write_revision("tenant", "t1", None, NOTES + """
+    op.add_column("notes", sa.Column("slug", sa.Text))
+    op.execute("UPDATE notes SET slug = title")
+    """)
+    project.write_revision("tenant", "t2", "t1", """
+        batch = sa.text("UPDATE notes SET slug = upper(title) WHERE id IN "
+                        "(SELECT id FROM notes WHERE slug IS NULL LIMIT 1)")
+        with op.get_context().autocommit_block():
+            while op.get_bind().execute(batch).rowcount > 0:
+                pass
+            while op.get_bind().execute(sa.text(
+                    "DELETE FROM notes WHERE title = ''")).rowcount > 0:
+                pass
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", "tenant@t1", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO tenant_b.notes (title) VALUES ('c'), ('d')")
+
+    report = upgrade_json(project)
+
+    paths = {schema: result["paths"]["t2"]
+             for schema, result in tenant_results(report).items()}
+    assert paths == {"tenant_a": "replay", "tenant_b": "alembic"}
+    with db.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT string_agg(slug, ',' ORDER BY id) FROM tenant_b.notes"
+        ).scalar() == "a,b,C,D"
+    assert version_of(db, "tenant_b") == ["t2"]
+
+
+def test_numbers_beyond_any_oid_are_values(project, db):
+    """A bound number too large for an OID (a time in milliseconds) is a
+    value, never looked up as one (which failed the revision in capture)."""
+    project.write_revision("tenant", "t1", None, NOTES + """
+    op.add_column("notes", sa.Column("at", sa.BigInteger))
+    """)
+    project.write_revision("tenant", "t2", "t1", """
+        op.get_bind().execute(sa.text("UPDATE notes SET at = :at"),
+                              {"at": 1795672532349})
+        """)
+    create_schemas(db, "tenant_a")
+    report = upgrade_json(project)
+    assert tenant_results(report)["tenant_a"]["paths"]["t2"] == "replay"
+    with db.connect() as connection:
+        assert connection.exec_driver_sql(
+            "SELECT DISTINCT at FROM tenant_a.notes").scalar() == 1795672532349

@@ -209,6 +209,11 @@ def _compare(first, second):
         "Python, such as uuid4() or the current time?)"))
 
 
+def _changes_nothing(statement):
+    check = statement.check
+    return bool(check) and (check[0] == "rows" or check == ("rowcount", 0))
+
+
 def _compared(statement):
     check = statement.check
     return not (check and check[0] == "rows" and check[3])
@@ -547,7 +552,13 @@ class _Recorder:
     def check_rowcount(self, index):
         """The revision read the row count of statement ``index``."""
         statement = self._statements[index]
-        if statement.in_block:
+        # In a block each statement commits by itself: a tenant where this
+        # count differs can run the revision again through Alembic only if
+        # nothing of it changed anything before (reads, DML of no rows:
+        # a backfill's first batch finding nothing). The checked statement
+        # itself is rolled back with its check.
+        if statement.in_block and not all(
+                _changes_nothing(s) for s in self._statements[:index]):
             self.note(f"reads the row count of: {_head(statement.sql)}")
             return
         self._statements[index] = replace(
@@ -673,7 +684,7 @@ def _relations_by_name(cursor, vars, scratch):
     if not isinstance(vars, dict):
         return vars
     oids = {value for value in vars.values()
-            if type(value) is int and value >= _FIRST_USER_OID}
+            if type(value) is int and _FIRST_USER_OID <= value < 2**32}
     if not oids:
         return vars
     names = _scratch_objects(cursor.connection, scratch, sorted(oids))
