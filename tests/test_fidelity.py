@@ -22,6 +22,18 @@ UNCHECKABLE = {"c08"}
 #: replay, checking in each tenant that the read answers what it answered
 #: in capture, and run through Alembic where it does not.
 CHECKED = {"c04", "c07", "c13", "c16"}
+#: c07's reads are SQLAlchemy's inspector's, whose catalog queries change
+#: with its versions: with SQLAlchemy 2.0.0 one is checked in row order
+#: and c07 runs through Alembic where the catalog's rows lie otherwise.
+#: Either path ends as plain Alembic (assert_same); its path is not pinned.
+EITHER_PATH = {"c07"}
+
+
+def _paths_of(paths):
+    return {rev: path for rev, path in paths.items()
+            if rev not in EITHER_PATH}
+
+
 #: c06 uses an enum value c05 adds in an autocommit block: capture runs in
 #: one transaction, where PostgreSQL before 17 does not let it (it cannot
 #: prove c06 replays, so c06 runs through Alembic there).
@@ -67,9 +79,9 @@ def test_base_to_head_in_one_run_then_down_and_up_again(
         # Per revision: only the revisions whose reads cannot be checked go
         # through Alembic, the rest of the range replays around them (the
         # tenant holds the rows capture saw: every checked read agrees).
-        assert paths["tenant_r1"] == {
+        assert _paths_of(paths["tenant_r1"]) == _paths_of({
             rev: "alembic" if rev in alembic_path else "replay"
-            for rev in REVISIONS}
+            for rev in REVISIONS})
 
     _both_down(migrator, plain, "tenant@base", "base")
     assert_same(db, PAIRS, "head -> base")
@@ -118,8 +130,8 @@ def test_tenants_holding_their_own_rows(corpus, db, server_version):
         alembic_path = differing | UNCHECKABLE | (
             BEFORE_17 | {"c07"} if int(server_version) < 170000 else set())
         for tenant, _ in PAIRS:
-            assert paths[tenant] == {
+            assert _paths_of(paths[tenant]) == _paths_of({
                 rev: "alembic" if rev in alembic_path else "replay"
-                for rev in REVISIONS[2:]}
+                for rev in REVISIONS[2:]})
     _both_down(migrator, plain, "tenant@c03", "c03")
     assert_same(db, PAIRS, "head -> c03 with rows")
