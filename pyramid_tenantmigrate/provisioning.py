@@ -180,11 +180,7 @@ def _notify(event):
 
 
 def _create(migrator, schema, connection, registry, request, dbsession):
-    # Held until the caller commits: a run's last look at the tenant list
-    # waits for this tenant to be there (see run.py).
-    connection.exec_driver_sql(
-        f"SELECT pg_advisory_xact_lock_shared({PROVISIONING_LOCK}, "
-        f"{lock_key(migrator.shared_schema)})")
+    _lock_provisioning(migrator, connection)
     if schema_exists(connection, schema):
         raise TenantExists(schema)
     own_heads = branch_heads(migrator.script, TENANT)
@@ -263,6 +259,8 @@ def _drop(migrator, schema, connection, registry, request, dbsession):
 
 
 def _lock_provisioning(migrator, connection):
+    # Held until the caller commits: a run's last look at the tenant list
+    # waits for this tenant to be there (see run.py).
     connection.exec_driver_sql(
         f"SELECT pg_advisory_xact_lock_shared({PROVISIONING_LOCK}, "
         f"{lock_key(migrator.shared_schema)})")

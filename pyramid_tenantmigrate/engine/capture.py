@@ -422,7 +422,11 @@ class _Recorder:
         self.in_sqlalchemy = False
         self.last_sql = None
         self.execute_started = 0
-        self._revision = None
+        self._start(None, None)
+
+    def _start(self, revision, memo_before):
+        """What is recorded of one revision, from its start."""
+        self._revision = revision
         self._statements = []
         self._rowcounts = []
         #: ``{statement index: (cursor, ordered check)}`` of catalog reads
@@ -430,17 +434,11 @@ class _Recorder:
         self._in_order = {}
         self._reasons = []
         self._controls_transaction = False
-        self._memo_before = None
+        self._memo_before = memo_before
 
     def begin(self, revision, memo, module):
         self.running = revision
-        self._revision = revision
-        self._statements = []
-        self._rowcounts = []
-        self._in_order = {}
-        self._reasons = []
-        self._controls_transaction = False
-        self._memo_before = copy.deepcopy(memo)
+        self._start(revision, copy.deepcopy(memo))
         if getattr(module, "tenantmigrate_replay", True) is False:
             self.note("its module sets tenantmigrate_replay = False")
         self.active = True
