@@ -11,7 +11,7 @@ running the revisions the way plain Alembic runs them, and watching:
 - in a scratch schema brought to the same starting revision, alone on
   ``search_path`` with ``extra_search_path`` after it, as a tenant is,
   inside a transaction that is rolled back: nothing stays;
-- twice, in two scratch schemas on two connections.
+- twice, in two scratch schemas on two connections, at the same time.
 
 Every statement psycopg2 sends is recorded as psycopg2 sends it (bound
 parameters inlined by psycopg2 itself). A revision *replays*, its recorded
@@ -24,9 +24,10 @@ statements being what each tenant runs, only if all of this holds:
   with a check: the same read must give the same rows (a fingerprint
   computed by the server) in the tenant, the same DML the same row
   count (a read through a server-side cursor, ``yield_per()``, is checked
-  in full). Reads that may not run again as they are (a write,
-  ``nextval``, ``FOR UPDATE``, a row count through the driver itself)
-  make the revision not replay. A tenant where a check fails
+  in full; one locking rows, ``FOR UPDATE``, takes its locks in the
+  tenant as in Alembic). Reads that may not run again as they are (a
+  write, ``nextval``, a row count through the driver itself) make the
+  revision not replay. A tenant where a check fails
   runs the revision through Alembic. Results of ``op.execute`` never
   reach a revision, so they are never checked. What differs per schema
   by nature is left out of catalog reads (OIDs, the order of catalog
@@ -48,8 +49,14 @@ replayed ones (:mod:`.execute`).
 
 Statements inside ``autocommit_block()`` are recorded as such. In the
 capture transaction they run in their transaction-safe form
-(:func:`transaction_safe`), which builds the same catalog.
+(:func:`transaction_safe`), which builds the same catalog. Each commits by
+itself in a tenant, so a check inside a block, or after it, is only made
+where nothing the revision sent before it changed anything (reads, DML of
+no rows: a backfill looping until a batch finds nothing, an index probe):
+a tenant answering otherwise then runs the whole revision through Alembic
+as if it had not started.
 """
+import concurrent.futures
 import copy
 import re
 import secrets
@@ -87,6 +94,21 @@ _DETACH_CONCURRENTLY = re.compile(
     r"\A(?P<head>ALTER\s+TABLE\b.*\bDETACH\s+PARTITION\b.*?)\s+CONCURRENTLY"
     r"(?P<tail>\s*;?\s*)\Z", re.I | re.S)
 _MAINTENANCE = re.compile(r"\AVACUUM\b", re.I)
+
+
+#: A read's closing locking clause (``FOR UPDATE``, ``FOR SHARE`` ...):
+#: the rows it reads are the same without it.
+_ROW_LOCKS = re.compile(
+    r"\s+FOR\s+(?:NO\s+KEY\s+UPDATE|UPDATE|KEY\s+SHARE|SHARE)"
+    r"(?:\s+OF\s+[\w\s,.\"]+?)?(?:\s+(?:NOWAIT|SKIP\s+LOCKED))?\s*;?\s*\Z",
+    re.I)
+
+
+def _without_row_locks(sql):
+    """``sql`` without a closing locking clause, if it is a SELECT."""
+    if not re.match(r"(?:\(\s*)*(?:SELECT|WITH)\b", _body(sql), re.I):
+        return sql
+    return _ROW_LOCKS.sub("", sql)
 
 
 def _body(statement):
@@ -177,12 +199,29 @@ def capture_steps(migrator, steps, from_heads, branch="tenant"):
     engine = create_engine(
         migrator.engine.url, poolclass=NullPool,
         connect_args={"connection_factory": _CaptureConnection})
+    def capture(_=None):
+        return _capture(migrator, engine, steps, from_heads, branch)
+
     try:
-        first = _capture(migrator, engine, steps, from_heads, branch)
-        second = _capture(migrator, engine, steps, from_heads, branch)
+        # At once: each waits on the server half the time. Something
+        # both create outside their scratch schemas (an extension) makes
+        # one wait for the other's rollback, up to the lock timeout: then
+        # the one that waited captures again, alone.
+        with concurrent.futures.ThreadPoolExecutor(
+                2, thread_name_prefix="tenantmigrate-capture") as pool:
+            first, second = pool.map(capture, range(2))
+        if _transient_only(second, first):
+            second = capture()
+        elif _transient_only(first, second):
+            first = capture()
     finally:
         engine.dispose()
     return [_compare(a, b) for a, b in zip(first, second)]
+
+
+def _transient_only(captured, other):
+    return (any(c.transient for c in captured)
+            and not any(c.transient for c in other))
 
 
 def _compare(first, second):
@@ -482,29 +521,38 @@ class _Recorder:
             # A server-side cursor has no description until fetched: its
             # SELECT is a read all the same (checked in full, whatever
             # part of it the revision fetched).
-            if cursor.description is not None or cursor.name is not None:
+            reads = cursor.description is not None or cursor.name is not None
+            if reads and not self._may_check(len(self._statements),
+                                             self.in_block):
+                self.note(f"reads the database where part of it has "
+                          f"committed (its autocommit block): {_head(sql)}")
+            elif reads:
                 check = self._fingerprint(cursor, sql)
             elif cursor.rowcount >= 0 and not via_sqlalchemy:
                 # Through the driver itself: whether the revision looks at
                 # the row count cannot be told.
                 self.note("changes rows through the driver (the row count "
                           f"may reach its code): {_head(sql)}")
-        if check is not None and any(s.in_block for s in self._statements):
-            # A tenant answering otherwise could not be rolled back past
-            # the block's commit: the revision would run again whole.
-            self.note(f"reads the database after its autocommit block: "
-                      f"{_head(sql)}")
         self._statements.append(Statement(sql, self.in_block, check))
         self._rowcounts.append(cursor.rowcount)
         self.last_sql = sql
+
+    def _may_check(self, index, in_block):
+        """Whether statement ``index`` may be checked. Each statement of
+        an autocommit block commits by itself: a tenant answering
+        otherwise inside or after the block can run the revision through
+        Alembic only if nothing the revision sent before the check changed
+        anything (reads, DML of no rows: a backfill's first batch finding
+        nothing). The checked statement itself is rolled back with its
+        check."""
+        earlier = self._statements[:index]
+        return (not in_block and not any(s.in_block for s in earlier)
+                or all(map(_changes_nothing, earlier)))
 
     def _fingerprint(self, cursor, sql):
         """The rows a read returned, as the server fingerprints them (to
         check the same read in each tenant), or ``None`` (and a reason)
         when the read cannot be run again as it is, read-only."""
-        if self.in_block:
-            self.note(f"reads the database: {_head(sql)}")
-            return None
         ignored = _oid_columns(cursor)
         if ignored is None:
             self.note(f"reads OIDs among columns of the same name: "
@@ -521,12 +569,15 @@ class _Recorder:
                           "SET LOCAL client_min_messages = notice")
             try:
                 unordered = _reads_only_catalogs(probe, sql)
-                probe.execute(fingerprint_sql(sql, ignored, unordered))
+                # Read-only, the probe cannot lock rows; the tenant's
+                # check runs the read as sent, locks and all.
+                read = _without_row_locks(sql)
+                probe.execute(fingerprint_sql(read, ignored, unordered))
                 fingerprint = read_fingerprint(notices)
                 if unordered and cursor.rowcount > 1:
                     # Should the revision use a row before the last (its
                     # first, say), the order counts: see end().
-                    probe.execute(fingerprint_sql(sql, ignored))
+                    probe.execute(fingerprint_sql(read, ignored))
                     self._in_order[len(self._statements)] = (
                         cursor, ("rows", read_fingerprint(notices), ignored,
                                  False))
@@ -550,13 +601,7 @@ class _Recorder:
     def check_rowcount(self, index):
         """The revision read the row count of statement ``index``."""
         statement = self._statements[index]
-        # In a block each statement commits by itself: a tenant where this
-        # count differs can run the revision again through Alembic only if
-        # nothing of it changed anything before (reads, DML of no rows:
-        # a backfill's first batch finding nothing). The checked statement
-        # itself is rolled back with its check.
-        if statement.in_block and not all(
-                _changes_nothing(s) for s in self._statements[:index]):
+        if not self._may_check(index, statement.in_block):
             self.note(f"reads the row count of: {_head(statement.sql)}")
             return
         self._statements[index] = replace(

@@ -9,9 +9,10 @@ is planned again from where it is. Lock timeouts are retried
 (:mod:`..retry`). A connection lost mid-way is replaced, and the schema's
 version is read again before it is reported, since the server may have
 committed just before the connection went. A tenant where a replayed
-revision's checked read answers otherwise tries again with that revision
-through Alembic; once that happened in most tenants, later ones run it
-through Alembic at once.
+revision's checked read answers otherwise runs that revision through
+Alembic instead: in the same transaction (from a savepoint) where nothing
+of it committed, otherwise in a new try; once that happened in most
+tenants, later ones run it through Alembic at once.
 """
 import collections
 import logging
@@ -59,6 +60,9 @@ class _Tries:
         self.alembic_at = set()
         #: ``{revision: path}`` of revisions earlier tries committed.
         self.done_paths = {}
+        #: The program of the next try, when it is the rest of the last
+        #: one (see ``BranchExecution._replan_after``).
+        self.program = None
 
     def result(self, schema_plan, heads, program):
         """The schema's result, its revisions and paths those of every
@@ -197,8 +201,9 @@ class BranchExecution:
         started = time.monotonic()
         tries = _Tries(schema_plan)
         while True:
-            program = self._program(tries.from_heads, tries.steps,
-                                    schema_plan.to_heads)
+            program = tries.program or self._program(
+                tries.from_heads, tries.steps, schema_plan.to_heads)
+            tries.program = None
             alembic_at = self._through_alembic(tries)
             if alembic_at:
                 program = program.through_alembic_at(alembic_at)
@@ -208,15 +213,34 @@ class BranchExecution:
             try:
                 heads = run.run()
             except Exception as exc:
+                program = self._answered_otherwise(schema_plan, tries,
+                                                   program, run)
                 result = self._after_failure(worker, schema_plan, tries,
                                              program, run, exc)
                 if result is None:
                     continue
             else:
+                program = self._answered_otherwise(schema_plan, tries,
+                                                   program, run)
                 self._count_checks(program)
                 result = tries.result(schema_plan, heads, program)
             result.duration = time.monotonic() - started
             return result
+
+    def _answered_otherwise(self, schema_plan, tries, program, run):
+        """The program as it ran: revisions whose check failed in the
+        schema ran through Alembic there, in the same transaction (see
+        :func:`.transaction.falls_back_in_place`), and count as failed
+        checks; a later try runs them through Alembic at once."""
+        if not run.answered_otherwise:
+            return program
+        for revision in run.answered_otherwise:
+            tries.alembic_at.add(revision)
+            self._count_checks(program, failed=revision)
+            log.info("%s: a read of revision %s answers otherwise than in "
+                     "capture: it ran through Alembic there",
+                     schema_plan.schema, revision)
+        return program.through_alembic_at(run.answered_otherwise)
 
     def _after_failure(self, worker, schema_plan, tries, program, run, exc):
         """What a failed try of a schema comes to: ``None`` to try again
@@ -269,6 +293,10 @@ class BranchExecution:
         tries.done_paths.update(
             (revision, path) for revision, path in program.paths().items()
             if revision not in left)
+        # What is left is the rest of the same run: the rest of this
+        # program, captured in one go as plain Alembic runs it in one go,
+        # not captured again from here.
+        tries.program = program.rest_from(tries.from_heads, tries.steps)
         return None
 
     def _replan(self, worker, schema_plan):

@@ -97,6 +97,21 @@ class Program:
             replace(step, replay=None) if step.revision in revisions
             else step for step in self.steps))
 
+    def rest_from(self, heads, steps):
+        """The part of this program that runs ``steps`` from ``heads``,
+        or ``None`` when they are not its last steps from there."""
+        count = len(steps)
+        if not 0 < count <= len(self.steps):
+            return None
+        rest = self.steps[len(self.steps) - count:]
+        before = (self.steps[-count - 1].heads_after
+                  if count < len(self.steps) else self.from_heads)
+        if ([s.revision for s in rest]
+                != [s.revision.revision for s in steps]
+                or tuple(before) != tuple(heads)):
+            return None
+        return replace(self, from_heads=tuple(heads), steps=rest)
+
     def paths(self):
         """``{revision: "replay" | "alembic"}``."""
         return {step.revision: ("replay" if step.replay is not None

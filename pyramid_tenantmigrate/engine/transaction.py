@@ -28,6 +28,7 @@ committed, the caller's settings are put back at the end, and blocks run
 in their transaction-safe form (:func:`.capture.transaction_safe`).
 """
 import contextlib
+import re
 
 from sqlalchemy import event
 
@@ -38,6 +39,7 @@ from ..retry import RETRYABLE, RetryPolicy
 from .capture import controls_transaction, transaction_safe
 from .sql import (
     INVALID_INDEXES,
+    READ_DIFFERS,
     guard_sql,
     last_step,
     search_path_sql,
@@ -49,6 +51,24 @@ from .sql import (
 )
 
 _NO_TIMEOUT = "SET LOCAL lock_timeout = 0"
+#: Around a replayed revision whose read may answer otherwise in a schema.
+_CHECK_SAVEPOINT = "tenantmigrate_check"
+#: PostgreSQL does not let an enum value added in a subtransaction be used
+#: later in the transaction, even where the type was created in it (55P04).
+_ADDS_ENUM_VALUE = re.compile(r"\bADD\s+VALUE\b", re.I)
+
+
+def falls_back_in_place(step):
+    """Whether a replayed ``step`` whose check fails in a schema can run
+    through Alembic right there, in the same transaction: it is checked,
+    commits nothing by itself (no autocommit block) and adds no enum
+    value, so a savepoint taken before it undoes exactly what it did."""
+    return (step.checked and step.replay is not None and not step.has_block
+            and not step.controls_transaction
+            and not any(_ADDS_ENUM_VALUE.search(sql)
+                        for _, statements in step.replay
+                        for sql in statements))
+
 #: What a block set for the session, put back (abort() does it on failure).
 _RESET_SESSION = ("RESET search_path; RESET lock_timeout; "
                   "RESET statement_timeout")
@@ -149,8 +169,14 @@ class SchemaRun:
         self.in_safe_block = False
         self.in_block = False  # outside any transaction, in a block
         self.left_invalid = []
-        self.driver = own and any(step.replay is None
-                                  for step in program.steps)
+        #: Replayed revisions whose check failed here: they ran through
+        #: Alembic instead, in the same transaction.
+        self.answered_otherwise = []
+        # Alembic may run on this connection: the driver holds the
+        # transaction (see the class docstring).
+        self.driver = own and any(
+            step.replay is None or falls_back_in_place(step)
+            for step in program.steps)
         self.pending_commit = False
 
     @property
@@ -258,7 +284,16 @@ class SchemaRun:
                 # this revision: its recorded SQL may not be what Alembic
                 # would send here, so it and the rest run through Alembic.
                 forced = True
-            if item.replay is not None and not forced:
+            if (item.replay is not None and not forced
+                    and self.own and falls_back_in_place(item)):
+                # Its own round trip, so that a check failing undoes only
+                # this revision.
+                if self._replay_checked(item):
+                    live_memo = False
+                else:
+                    self._through_alembic(item, live_memo)
+                    live_memo = True
+            elif item.replay is not None and not forced:
                 self._replay(item)
                 live_memo = False
             else:
@@ -294,6 +329,29 @@ class SchemaRun:
             else:
                 self.buffer.extend(statements)
         self.done_heads = item.heads_after
+
+    def _replay_checked(self, item):
+        """Replay ``item`` after a savepoint; ``False`` when one of its
+        checks failed here (a read answers otherwise than in capture:
+        this tenant's rows): what it did is then rolled back to the
+        savepoint, for the caller to run it through Alembic instead."""
+        heads = self.done_heads
+        self.buffer.append(f"SAVEPOINT {_CHECK_SAVEPOINT}")
+        self._replay(item)
+        self.buffer.append(f"RELEASE SAVEPOINT {_CHECK_SAVEPOINT}")
+        try:
+            self._flush()
+            return True
+        except ScriptFailed as exc:
+            if (sqlstate(exc.error) != READ_DIFFERS
+                    or exc.revision != item.revision):
+                raise
+        send_script(self.connection,
+                    f"ROLLBACK TO SAVEPOINT {_CHECK_SAVEPOINT}; "
+                    f"RELEASE SAVEPOINT {_CHECK_SAVEPOINT}")
+        self.done_heads = heads
+        self.answered_otherwise.append(item.revision)
+        return False
 
     def _through_alembic(self, item, live_memo):
         self._sync_version()
