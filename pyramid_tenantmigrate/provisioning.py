@@ -30,6 +30,7 @@ from .errors import (
     sqlstate,
 )
 from .events import TenantCloned, TenantCreated, TenantDropped, TenantRenamed
+from .isolation import acting_as_tenant, drop_tenant_role, grant_tenant
 from .names import quote_schema, validate_schema_name
 from .plan import TENANT, branch_heads
 from .reserved import PROVISIONING_LOCK, lock_key
@@ -208,8 +209,11 @@ def _create(migrator, schema, connection, registry, request, dbsession):
             log.info("tenant %s made from a spare at the database's tenant "
                      "head %s (this app's code is at %s)", schema,
                      ",".join(newer), ",".join(own_heads))
-        else:
+        elif not claimed:  # a claimed spare is at the heads asked for
             _migrate(migrator, schema, connection)
+            # (A claimed spare's objects were granted by the claim, as
+            # their owner: isolation.py.)
+            grant_tenant(connection, migrator.settings, schema)
             if newer:
                 log.warning(
                     "tenant %s was created at %s, behind the database's "
@@ -220,13 +224,15 @@ def _create(migrator, schema, connection, registry, request, dbsession):
                     schema, ",".join(own_heads), ",".join(newer))
         connection.execution_options(**tenant_execution_options(schema))
         migrator.tenant_directory.created(schema)  # for subscribers too
-        _notify(TenantCreated(schema, connection, migrator,
-                              _registry(registry, request), request,
-                              dbsession))
-        if dbsession is not None:
-            # Whatever subscribers added to the session belongs to the new
-            # tenant: write it while the map still says so.
-            dbsession.flush()
+        # With isolation, subscribers write as the new tenant's role.
+        with acting_as_tenant(connection, migrator.settings, schema):
+            _notify(TenantCreated(schema, connection, migrator,
+                                  _registry(registry, request), request,
+                                  dbsession))
+            if dbsession is not None:
+                # Whatever subscribers added to the session belongs to the
+                # new tenant: write it while the map still says so.
+                dbsession.flush()
     finally:
         connection.execution_options(
             schema_translate_map=saved_options.get("schema_translate_map"))
@@ -253,6 +259,7 @@ def _drop(migrator, schema, connection, registry, request, dbsession):
     if not schema_exists(connection, schema):
         raise TenantNotFound(schema)
     connection.exec_driver_sql(f"DROP SCHEMA {quote_schema(schema)} CASCADE")
+    drop_tenant_role(connection, migrator.settings, schema)
     migrator.tenant_directory.dropped(schema)
     _notify(TenantDropped(schema, connection, migrator,
                           _registry(registry, request), request, dbsession))
@@ -276,6 +283,8 @@ def _rename(migrator, old, new, connection, registry, request, dbsession):
         raise TenantExists(new)
     connection.exec_driver_sql(
         f"ALTER SCHEMA {quote_schema(old)} RENAME TO {quote_schema(new)}")
+    grant_tenant(connection, migrator.settings, new)
+    drop_tenant_role(connection, migrator.settings, old)
     migrator.tenant_directory.dropped(old)
     migrator.tenant_directory.created(new)
     _notify(TenantRenamed(new, connection, migrator, registry, request,
@@ -313,6 +322,7 @@ def _clone(migrator, source, target, data, connection, registry, request,
                 f"copying the rows of {source} failed: "
                 f"{describe_error(getattr(exc, 'orig', None) or exc)} "
                 f"(does {source} hold what its revision makes?)")) from exc
+    grant_tenant(connection, migrator.settings, target)
     migrator.tenant_directory.created(target)
     _notify(TenantCloned(target, connection, migrator, registry, request,
                          dbsession, source=source))

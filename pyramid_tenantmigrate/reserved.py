@@ -41,6 +41,9 @@ TENANT_LOCK = 0x7E4A13
 #: exclusive for its last look at the tenant list, so no tenant is being
 #: created unseen while the run decides it is done.
 PROVISIONING_LOCK = 0x7E4A14
+#: Taken while the functions of isolation.py are (re)installed: two runs
+#: replacing a function at once would fail ("tuple concurrently updated").
+FUNCTIONS_LOCK = 0x7E4A15
 
 
 def lock_key(name):

@@ -27,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .engine.execute import execute_branch
 from .errors import TenantSourceUnavailable, UsageError, sqlstate
+from .isolation import install_functions
 from .locking import RunLock
 from .plan import (
     SHARED,
@@ -304,6 +305,8 @@ class Run:
         """Passes over the tenants until none is new (module docstring)."""
         migrator, options = self.migrator, self.options
         planner = StepPlanner(migrator.script, self.operation, destination)
+        with migrator.connect(migrator.run_engine) as connection:
+            install_functions(connection, migrator.settings)
         self._record_tenant_head(destination)
         self._fill_spares_first(destination)
         report = BranchReport(TENANT, self.operation, destination)

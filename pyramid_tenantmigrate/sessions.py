@@ -15,9 +15,13 @@ when the transaction ends; nothing is left on the database connection.
 from sqlalchemy import event
 
 from .errors import ConfigurationError
+from .isolation import tenant_role, uses_roles
+from .names import quote_schema
 
 #: Key in ``Session.info`` holding the tenant the session is scoped to.
 TENANT_KEY = "tenantmigrate.tenant"
+#: ... and the tenant's role, with ``isolation = roles``.
+ROLE_KEY = "tenantmigrate.tenant_role"
 _LISTENING_KEY = "tenantmigrate.tenant_listener"
 
 
@@ -32,6 +36,15 @@ def _apply_tenant(session, transaction, connection):
         # Connection.execution_options() changes this Connection in place
         # (SQLAlchemy 2); the Connection ends with the transaction.
         connection.execution_options(**tenant_execution_options(schema))
+    _set_role(connection, session.info.get(ROLE_KEY))
+
+
+def _set_role(connection, role):
+    """``SET LOCAL ROLE``: the server checks every statement of the
+    transaction against the tenant role's privileges, and the role ends
+    with the transaction (nothing stays on the pooled connection)."""
+    if role is not None:
+        connection.exec_driver_sql(f"SET LOCAL ROLE {quote_schema(role)}")
 
 
 def _migrator_for(dbsession, migrator):
@@ -68,8 +81,11 @@ def set_tenant(dbsession, schema, migrator=None):
     key only, so a ``Note`` with id 1 of the old tenant would otherwise
     stand in for the new tenant's. Returns ``dbsession``.
     """
-    _migrator_for(dbsession, migrator).tenant_directory.check(schema)
-    _switch(dbsession, schema)
+    migrator = _migrator_for(dbsession, migrator)
+    migrator.tenant_directory.check(schema)
+    settings = migrator.settings
+    _switch(dbsession, schema, tenant_role(settings.tenant_role_prefix, schema)
+            if uses_roles(settings) else None)
     if not dbsession.info.get(_LISTENING_KEY):
         event.listen(dbsession, "after_begin", _apply_tenant)
         dbsession.info[_LISTENING_KEY] = True
@@ -82,22 +98,29 @@ def clear_tenant(dbsession):
     return _switch(dbsession, None)
 
 
-def _switch(dbsession, schema):
+def _switch(dbsession, schema, role=None):
     previous = dbsession.info.get(TENANT_KEY)
+    previous_role = dbsession.info.get(ROLE_KEY)
     if previous == schema:
         return dbsession
     if previous is not None:
         dbsession.flush()
         dbsession.expunge_all()
-    if schema is None:
-        dbsession.info.pop(TENANT_KEY, None)
-    else:
-        dbsession.info[TENANT_KEY] = schema
+    for key, value in ((TENANT_KEY, schema), (ROLE_KEY, role)):
+        if value is None:
+            dbsession.info.pop(key, None)
+        else:
+            dbsession.info[key] = value
     if dbsession.in_transaction():
         # The transaction may already hold its connection: scope it too.
-        dbsession.connection().execution_options(
+        connection = dbsession.connection()
+        connection.execution_options(
             schema_translate_map=None if schema is None
             else {None: schema})
+        if role is not None:
+            _set_role(connection, role)
+        elif previous_role is not None:
+            connection.exec_driver_sql("SET LOCAL ROLE NONE")
     return dbsession
 
 

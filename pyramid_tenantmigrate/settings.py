@@ -181,6 +181,42 @@ def _tenant_from(value):
     return ("callable", kind)
 
 
+ISOLATION_MODES = ("none", "roles")
+
+
+def _isolation(value):
+    mode = str(value).strip().lower()
+    if mode not in ISOLATION_MODES:
+        raise ValueError("expected one of " + ", ".join(ISOLATION_MODES))
+    return mode
+
+
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")
+
+
+def _role_name(value):
+    name = str(value).strip()
+    if not name:
+        return None
+    if (not _ROLE_NAME.match(name)
+            or len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES):
+        raise ValueError("expected a role name of lower-case ASCII letters, "
+                         "digits and underscores, at most 63 bytes")
+    return name
+
+
+def _role_prefix(value):
+    prefix = _role_name(value)
+    if prefix is None or len(prefix) > 20:
+        raise ValueError("expected a prefix of 1 to 20 lower-case ASCII "
+                         "letters, digits and underscores")
+    return prefix
+
+
+def _role_names(value):
+    return tuple(_role_name(name) for name in _aslist_flat(value))
+
+
 def _domain(value):
     return str(value).strip().strip(".").lower() or None
 
@@ -270,6 +306,22 @@ SETTINGS = (
      "Seconds the tenant source's list is trusted for ``request.tenant`` "
      "and ``set_tenant`` before it is read again (a name not in it is "
      "looked up at once, at most once a second)."),
+    ("isolation", _isolation, "none",
+     "``roles``: each tenant gets a role of its own that may use only its "
+     "schema, and a session scoped to a tenant runs ``SET LOCAL ROLE`` to "
+     "it, so SQL in one tenant's request cannot read another's "
+     "(:doc:`isolation`). ``none``: one role for everything."),
+    ("app_role", _role_name, None,
+     "The role the web app connects as. With ``isolation = roles`` it may "
+     "switch to each tenant's role but holds none of their privileges; "
+     "spares are claimed through a function it may execute, without the "
+     "deploy role's powers."),
+    ("tenant_role_prefix", _role_prefix, "tm_",
+     "Tenant roles are named this prefix and the schema (cut, with a hash, "
+     "to 63 bytes)."),
+    ("tenant_role_member_of", _role_names, (),
+     "Roles every tenant role is a member of: grant the shared objects a "
+     "tenant's requests use (``public.plans``) to one of these."),
 )
 
 
@@ -302,6 +354,10 @@ class MigrateSettings:
     tenant_domain: str = None
     request_session: str = "dbsession"
     tenant_cache: float = 30.0
+    isolation: str = "none"
+    app_role: str = None
+    tenant_role_prefix: str = "tm_"
+    tenant_role_member_of: tuple = ()
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -461,6 +517,11 @@ def parse_settings(settings, require_script_location=True,
         )
     values["extra_search_path"] = tuple(values["extra_search_path"])
     _tenant_resolution(values)
+    if values["isolation"] == "roles" and values["app_role"] is None:
+        raise ConfigurationError(
+            f"setting {PREFIX}isolation = roles needs {PREFIX}app_role: the "
+            "role the web app connects as, which switches to each tenant's "
+            "role")
     return MigrateSettings(raw=dict(settings), **values)
 
 

@@ -28,6 +28,7 @@ import uuid
 from sqlalchemy import text
 
 from .engine.schema import build_schema
+from .isolation import claim_function, claim_spare_sql, install_functions
 from .locking import RunLock
 from .names import quote_schema
 from .plan import TENANT, branch_heads
@@ -61,38 +62,21 @@ def claim_spare(migrator, connection, schema, heads=None):
     whether there was one."""
     if migrator.settings.spare_schemas <= 0:
         return False
-    # Without the table, or without the rights to take a row from it (an
-    # app role other than the deploy's), provisioning replays as usual:
-    # an error here would abort the caller's transaction.
-    table = spares_table(migrator.shared_schema)
+    # Through the function the deploy role installed (isolation.py): the
+    # spare is the deploy role's to rename, and the app role need not
+    # have its powers. Without the function, or the right to execute it,
+    # provisioning replays as usual: an error here would abort the
+    # caller's transaction.
     usable = connection.execute(text(
-        "SELECT to_regclass(:name) IS NOT NULL AND "
-        "pg_catalog.has_table_privilege(to_regclass(:name), "
-        "'SELECT, UPDATE, DELETE')"), {"name": table}).scalar()
+        "SELECT to_regprocedure(:function) IS NOT NULL AND "
+        "pg_catalog.has_function_privilege(to_regprocedure(:function), "
+        "'EXECUTE')"), {"function": claim_function(migrator.settings)}
+    ).scalar()
     if not usable:
         return False
-    # Only spares this role may rename (it owns them, or has its owner's
-    # privileges): the app may connect as another role than the deploy
-    # that made them, and a failed rename would abort the sign-up.
-    spare = connection.execute(text(
-        f"DELETE FROM {table} WHERE schema_name = ("
-        f"  SELECT s.schema_name FROM {table} s"
-        "   JOIN pg_catalog.pg_namespace n ON n.nspname = s.schema_name"
-        "   WHERE s.heads = CAST(:heads AS text[])"
-        "     AND left(s.schema_name, length(:prefix)) = :prefix"
-        "     AND pg_catalog.pg_has_role(n.nspowner, 'USAGE')"
-        "   ORDER BY s.created, s.schema_name"
-        "   LIMIT 1 FOR UPDATE OF s SKIP LOCKED"
-        ") RETURNING schema_name"), {
-            "heads": sorted(heads or branch_heads(migrator.script, TENANT)),
-            "prefix": SPARE_PREFIX,
-        }).scalar()
-    if spare is None:
-        return False
-    connection.exec_driver_sql(
-        f"ALTER SCHEMA {quote_schema(spare)} RENAME TO "
-        f"{quote_schema(schema)}")
-    return True
+    return bool(connection.exec_driver_sql(claim_spare_sql(
+        migrator.settings, schema,
+        sorted(heads or branch_heads(migrator.script, TENANT)))).scalar())
 
 
 def count_spares(migrator, connection):
@@ -181,6 +165,7 @@ def _fill(migrator, count):
                 if count <= 0:
                     return report
                 connection.exec_driver_sql(_DDL.format(table=table))
+        install_functions(connection, migrator.settings)
         with connection.begin():
             listed = connection.execute(text(
                 f"SELECT schema_name, heads FROM {table} "

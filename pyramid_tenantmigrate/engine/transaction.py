@@ -34,7 +34,10 @@ from sqlalchemy import event
 
 from ..environment import AlembicSession
 from ..errors import describe_error, sqlstate
+from ..isolation import grant_tenant_sql, uses_roles
 from ..names import quote_schema
+from ..plan import TENANT
+from ..reserved import SPARE_PREFIX
 from ..retry import RETRYABLE, RetryPolicy
 from .capture import controls_transaction, transaction_safe
 from .sql import (
@@ -305,6 +308,11 @@ class SchemaRun:
             self.done_heads = tuple(program.to_heads)
         self.current = None
         self._sync_version()
+        if (self.own and self.branch == TENANT and uses_roles(self.settings)
+                and not self.schema.startswith(SPARE_PREFIX)):
+            # Tables the revisions made are the tenant role's as they
+            # commit (provisioning grants a new tenant's itself).
+            self.buffer.append(grant_tenant_sql(self.settings, self.schema))
         self._end()
         self._flush()
         self._autocommit()
