@@ -33,6 +33,8 @@ Around runs:
 - :mod:`.spares`       tenant schemas made ahead, so a sign-up is a rename
 - :mod:`.autogenerate` comparing each branch's models with the database
 - :mod:`.tasks`        an app's function run in each tenant (``run``)
+- :mod:`.seeds`        the app's seed, in each tenant (``seed``) and in new
+  ones
 - :mod:`.testing`      pytest fixtures for the app's own tests
 
 Shells:
@@ -43,7 +45,8 @@ Shells:
   :mod:`.sessions` (sessions scoped to one tenant), :mod:`.events`
   (``TenantCreated`` / ``TenantDropped``), :mod:`.directory` (which
   schemas are tenants, cached for the app), :mod:`.resolution` (the
-  request's tenant, and its session scoped to it)
+  request's tenant, and its session scoped to it), :mod:`.shell`
+  (``pshell`` in one tenant)
 - :mod:`.embedded`    the embedded development database
 """
 import importlib

@@ -82,15 +82,28 @@ def scope_request(event):
     request = event.request
     if request.registry.tenant_resolver is None:
         return
-    tenant = request.tenant = request_tenant(request)
-    attribute = get_migrator(request.registry).settings.request_session
+    set_request_tenant(request, request_tenant(request))
+
+
+def set_request_tenant(request, tenant, migrator=None):
+    """Make ``tenant`` (a schema already checked against the tenant source,
+    or ``None``) the request's tenant: ``request.tenant``, and the request's
+    session (``tenantmigrate.request_session``) scoped to it.
+
+    What :func:`scope_request` does after routing, and ``tenant-migrate
+    <ini> shell`` to the shell's request. ``migrator`` defaults to the
+    request's app's.
+    """
+    request.tenant = tenant
+    migrator = migrator or get_migrator(request.registry)
+    attribute = migrator.settings.request_session
     if attribute is None:
         return
     dbsession = getattr(request, attribute, None)
     if dbsession is None:
         return
     if tenant is not None:
-        set_tenant(dbsession, tenant, get_migrator(request.registry))
+        set_tenant(dbsession, tenant, migrator)
     elif tenant_of(dbsession) is not None:
         # A session shared between requests (a test's): not the last
         # request's tenant.

@@ -322,6 +322,13 @@ SETTINGS = (
     ("tenant_role_member_of", _role_names, (),
      "Roles every tenant role is a member of: grant the shared objects a "
      "tenant's requests use (``public.plans``) to one of these."),
+    ("seed", _text, None,
+     "The dotted name of the app's seed function (``myapp.seeds:"
+     "seed_tenant``), taking a :class:`~pyramid_tenantmigrate.tasks."
+     "TenantTask` as ``run``'s functions do: ``tenant-migrate <ini> seed`` "
+     "runs it in every tenant, and the ``TenantCreated`` subscriber "
+     "``pyramid_tenantmigrate.seeds.seed_new_tenant`` in each new one. It "
+     "must be idempotent (``INSERT ... ON CONFLICT DO NOTHING``)."),
 )
 
 
@@ -358,6 +365,7 @@ class MigrateSettings:
     app_role: str = None
     tenant_role_prefix: str = "tm_"
     tenant_role_member_of: tuple = ()
+    seed: object = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -506,15 +514,15 @@ def parse_settings(settings, require_script_location=True,
             + " are all set; set exactly one tenant source"
         )
 
-    for name in ("tenant_source", "shared_metadata", "tenant_metadata"):
+    for name in ("tenant_source", "shared_metadata", "tenant_metadata",
+                 "seed"):
         values[name] = _resolve_dotted(name, values[name])
-    if values["tenant_source"] is not None and not callable(
-        values["tenant_source"]
-    ):
-        raise ConfigurationError(
-            f"setting {PREFIX}tenant_source must name a callable that "
-            "takes a connection and returns schema names"
-        )
+    for name, takes in (("tenant_source", "takes a connection and returns "
+                                          "schema names"),
+                        ("seed", "takes a TenantTask")):
+        if values[name] is not None and not callable(values[name]):
+            raise ConfigurationError(
+                f"setting {PREFIX}{name} must name a callable that {takes}")
     values["extra_search_path"] = tuple(values["extra_search_path"])
     _tenant_resolution(values)
     if values["isolation"] == "roles" and values["app_role"] is None:

@@ -1,11 +1,11 @@
 """Per-tenant work: an app's callable, run in each tenant, one transaction
 each (``tenant-migrate <ini> run``, :func:`run_in_tenants`).
 
-A data fix, a backfill, a seed for tenants that existed before their
-``TenantCreated`` subscriber did: the callable gets a :class:`TenantTask`
-per tenant and works through its ``connection`` (or ``session``), on
-which tables declared without a schema are the tenant's and the
-``search_path`` starts with the tenant. Each tenant's transaction:
+A data fix, a backfill, the app's seed (:mod:`.seeds`): the callable
+gets a :class:`TenantTask` per tenant and works through its
+``connection`` (or ``session``), on which tables declared without a
+schema are the tenant's and the ``search_path`` starts with the tenant.
+Each tenant's transaction:
 
 1. waits for the tenant's advisory lock, the one its migrations take, so
    the task never runs beside a migration of that tenant;
@@ -19,6 +19,10 @@ Selection, workers and the report are those of ``upgrade``: exit 0 when
 the callable ran and committed in every selected tenant, 1 otherwise.
 The run lock is not taken: a long task does not hold deploys back, and
 the per-tenant lock is what keeps it from a tenant's migration.
+
+:func:`run_in_new_tenant` calls such a function in a tenant being
+created, from a ``TenantCreated`` subscriber: the seed of
+:mod:`.seeds` runs both ways.
 """
 import threading
 import time
@@ -69,6 +73,13 @@ class TenantTask:
         if self._session is None:
             self._session = Session(bind=self.connection)
         return self._session
+
+    def _finish(self):
+        # What the callable left in the session is written before the
+        # tenant's transaction commits.
+        if self._session is not None:
+            self._session.flush()
+            self._session.close()
 
 
 class _Behind(Exception):
@@ -154,9 +165,7 @@ def _run_one(migrator, connection, schema, task, head, registry, args):
                 schema_translate_map={None: schema})
             tenant = TenantTask(schema, connection, migrator, registry, args)
             task(tenant)
-            if tenant._session is not None:
-                tenant._session.flush()
-                tenant._session.close()
+            tenant._finish()
         status, error = DONE, None
     except _Behind as exc:
         status, error = BEHIND, str(exc)
@@ -168,3 +177,29 @@ def _run_one(migrator, connection, schema, task, head, registry, args):
     return SchemaResult(schema, status, from_heads=tuple(heads),
                         to_heads=tuple(heads), error=error,
                         duration=time.monotonic() - started)
+
+
+def run_in_new_tenant(event, task, args=()):
+    """Call ``task(TenantTask)`` in the tenant a
+    :class:`~.events.TenantCreated` event announces, in the transaction
+    creating it; for the event's subscriber.
+
+    The tenant is as :func:`run_in_tenants` gives it: tables without a
+    schema and the ``search_path`` are the tenant's. Its lock is held and
+    its version is not checked: the transaction has just made it. The
+    ``search_path`` of the creating transaction (a sign-up's request) is
+    put back after. An exception goes up: the tenant's creation fails with
+    it, and is rolled back.
+    """
+    connection = event.connection
+    settings = event.migrator.settings
+    saved = connection.exec_driver_sql(
+        "SELECT current_setting('search_path')").scalar()
+    connection.exec_driver_sql(search_path_sql(
+        event.schema, (settings.shared_schema, *settings.extra_search_path)))
+    tenant = TenantTask(event.schema, connection, event.migrator,
+                        event.registry, tuple(args))
+    task(tenant)
+    tenant._finish()
+    connection.exec_driver_sql(
+        "SELECT set_config('search_path', %(path)s, true)", {"path": saved})

@@ -65,3 +65,32 @@ def main_without_global_config(global_config, **settings):
     with Configurator(settings=settings) as config:
         config.include("pyramid_tenantmigrate")
     return config.make_wsgi_app()
+
+
+# The seed of 'tenant-migrate <ini> seed' (tests/test_seeds.py).
+
+def seed_options(task):
+    """Idempotent: the tenant's default option, once. Raw SQL, so the
+    search_path must be the tenant's."""
+    task.connection.exec_driver_sql(
+        "INSERT INTO options (key, value) VALUES ('theme', 'light') "
+        "ON CONFLICT DO NOTHING")
+
+
+def main_seeding_new_tenants(global_config, **settings):
+    """Like :func:`main`, with new tenants seeded by tenantmigrate.seed."""
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tenantmigrate")
+        config.set_tenantmigrate_global_config(global_config)
+        config.add_subscriber("pyramid_tenantmigrate.seeds.seed_new_tenant",
+                              "pyramid_tenantmigrate.TenantCreated")
+    return config.make_wsgi_app()
+
+
+# A pshell setup for 'tenant-migrate <ini> shell' (tests/test_shell.py).
+
+def pshell_setup(env):
+    """What the request looks like when the setup hook runs."""
+    from pyramid_tenantmigrate import tenant_of
+    request = env["request"]
+    env["seen_by_setup"] = (request.tenant, tenant_of(request.dbsession))

@@ -1,13 +1,17 @@
 """The demo app end to end: WebTest over the WSGI app, and the real pserve
 on loopback."""
+import os
+import subprocess
+import sys
+
 import pytest
 import sqlalchemy as sa
 from webtest import TestApp
 
-from pyramid_tenantmigrate.demo import main
+from pyramid_tenantmigrate.demo import main, served_url
 
-from .conftest import schema_exists, version_of
-from .test_startup import start_pserve, stop, wait_for_http
+from .conftest import REPO_ROOT, schema_exists, version_of
+from .test_startup import _free_port, start_pserve, stop, wait_for_http
 
 DEMO_SETTINGS = {
     "tenantmigrate.script_location": "pyramid_tenantmigrate.demo:migrations",
@@ -117,3 +121,46 @@ def urllib_post(url, fields):
     data = urllib.parse.urlencode(fields).encode()
     with urllib.request.urlopen(url, data=data, timeout=30) as response:
         return response.status
+
+
+def test_pserve_development_ini_prints_the_urls_to_open(tmp_path, project,
+                                                       database_url):
+    """The quick start's 'pserve development.ini', on a free port and the
+    test's database: the log says where to go."""
+    port = _free_port()
+    with open(os.path.join(REPO_ROOT, "development.ini")) as f:
+        ini = f.read()
+    ini = ini.replace("embedded://%(here)s/var/postgres",
+                      database_url.replace("%", "%%"))
+    ini = ini.replace("listen = 127.0.0.1:6543", f"listen = 127.0.0.1:{port}")
+    path = tmp_path / "development.ini"
+    path.write_text(ini)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyramid.scripts.pserve", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=str(tmp_path), env=project.env())
+    url = f"http://127.0.0.1:{port}"
+    try:
+        answer = wait_for_http(process, url + "/")
+    finally:
+        output = stop(process)
+    assert answer is not None and answer[0] == 200, output
+    assert f"The demo is served at {url}/ (its tenants)" in output
+    for schema in ("tenant_acme", "tenant_globex", "tenant_initech"):
+        assert f"\n  {url}/t/{schema}/notes\n" in output
+    assert f"schema=tenant_umbrella {url}/signup" in output
+
+
+@pytest.mark.parametrize("server, url", [
+    ("listen = 127.0.0.1:6543", "http://127.0.0.1:6543"),
+    ("listen = *:8080 [::1]:8081", "http://localhost:8080"),
+    ("host = 0.0.0.0\nport = 7000", "http://localhost:7000"),
+    ("listen = 127.0.0.1:%(http_port)s", "http://127.0.0.1:9999"),
+])
+def test_the_demo_reads_its_address_from_the_server_section(tmp_path, server,
+                                                             url):
+    path = tmp_path / "demo.ini"
+    path.write_text(f"[server:main]\nuse = egg:waitress#main\n{server}\n")
+    assert served_url(str(path), {"http_port": "9999"}) == url
+    path.write_text("[server:other]\nlisten = 127.0.0.1:1\n")
+    assert served_url(str(path)) is None

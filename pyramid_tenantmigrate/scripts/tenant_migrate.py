@@ -8,6 +8,7 @@ configuration.
 """
 import argparse
 import configparser
+import functools
 import json
 import re
 import sys
@@ -123,6 +124,11 @@ _RUN_OPTIONS = {
     ("-v", "--verbose"): dict(
         action="store_true", help="print a line per schema as it finishes"),
 }
+
+
+#: The options of the commands calling a function in each tenant.
+_TASK_OPTIONS = ("--tenants-from", "--shard", "--report", "--fail-fast",
+                 "--workers", "--json", "--verbose")
 
 
 def _add_run_options(parser, only=None):
@@ -252,9 +258,25 @@ class TenantMigrateCommand:
                        metavar="module:function [arg ...] [var=value]",
                        help="the function, called with a TenantTask per "
                             "tenant (its .args: the arguments after it)")
-        _add_run_options(p, only=("--tenants-from", "--shard", "--report",
-                                  "--fail-fast", "--workers", "--json",
-                                  "--verbose"))
+        _add_run_options(p, only=_TASK_OPTIONS)
+
+        p = sub.add_parser(
+            "seed", help="run the app's seed function (tenantmigrate.seed) "
+            "in each tenant, as run does")
+        p.add_argument("args", nargs="*", metavar="var=value")
+        _add_run_options(p, only=_TASK_OPTIONS)
+
+        p = sub.add_parser(
+            "shell", help="open pshell with its request in one tenant "
+            "(request.tenant, the request's session, tenant)")
+        p.add_argument("-p", "--python-shell", metavar="NAME",
+                       help="the shell to use, as pshell's -p (python, "
+                            "ipython, bpython ...)")
+        p.add_argument("--setup", metavar="DOTTED",
+                       help="a callable given the environment before the "
+                            "shell starts, instead of the [pshell] "
+                            "section's setup")
+        p.add_argument("args", nargs="*", metavar="TENANT [var=value]")
 
         p = sub.add_parser("history", help="list revisions")
         p.add_argument("-r", "--rev-range",
@@ -480,7 +502,6 @@ class TenantMigrateCommand:
         from pyramid.path import DottedNameResolver
 
         from ..tasks import run_in_tenants
-        from ..tenants import parse_shard
         if not positionals:
             raise UsageError("run needs the function to call, as "
                              "package.module:function")
@@ -491,18 +512,34 @@ class TenantMigrateCommand:
             raise UsageError(f"run: cannot import {name}: {exc}") from None
         if not callable(task):
             raise UsageError(f"run: {name} is not a function")
+        return self._in_each_tenant(functools.partial(
+            run_in_tenants, task=task, args=tuple(args), name=name))
+
+    def command_seed(self, migrator, positionals):
+        from ..seeds import seed_function, seed_tenants
+        if positionals:
+            raise UsageError(
+                "seed takes no argument (the function is the "
+                "tenantmigrate.seed setting), got " + " ".join(positionals))
+        seed_function(migrator)  # not set: say so before loading the app
+        return self._in_each_tenant(seed_tenants)
+
+    def _in_each_tenant(self, run):
+        """Load the app, call ``run(migrator, registry=..., <the selection
+        options>)`` (:func:`..tasks.run_in_tenants` or one built on it),
+        print its report."""
+        from ..tenants import parse_shard
         env = self._bootstrap_app()
         options = self.options
         progress = Progress(self.stderr, tty=self.stderr.isatty(),
                             verbose=options.verbose)
         try:
-            report = run_in_tenants(
-                self.migrator, task, tenants=tuple(self._tenant_names()),
+            report = run(
+                self.migrator, tenants=tuple(self._tenant_names()),
                 exclude_tenants=tuple(options.exclude_tenant),
                 shard=parse_shard(options.shard) if options.shard else None,
                 workers=options.workers, fail_fast=options.fail_fast,
-                args=tuple(args), registry=env["registry"],
-                progress=progress, name=name)
+                registry=env["registry"], progress=progress)
         finally:
             env["closer"]()
         progress.finish_line()
@@ -577,6 +614,9 @@ class TenantMigrateCommand:
 
     bootstrap = staticmethod(_bootstrap)
     stdin = sys.stdin
+    #: The shell ``shell`` opens, ``runner(env, help)``; ``None``: pshell's
+    #: choice (``-p``, the ``[pshell]`` section, IPython, bpython, python).
+    shell_runner = None
 
     def _add_tenant_commands(self, sub):
         p = sub.add_parser("create-tenant",
@@ -735,6 +775,23 @@ class TenantMigrateCommand:
         finally:
             env["closer"]()
         return 0
+
+    def command_shell(self, migrator, positionals):
+        from ..shell import TenantShellCommand
+        name = self._one_positional(positionals, "tenant name", True)
+        options = self.options
+        argv = ["tenant-migrate shell"]  # pshell's own command line
+        if options.python_shell:
+            argv += ["--python-shell", options.python_shell]
+        if options.setup:
+            argv += ["--setup", options.setup]
+        argv += [options.config_uri,
+                 *[a for a in options.args if _CONFIG_VAR.match(a)]]
+        command = TenantShellCommand(
+            argv, name, load_app=self._bootstrap_app,
+            warn=lambda message: self.err(
+                f"tenant-migrate: warning: {message}"))
+        return command.run(self.shell_runner) or 0
 
 
 if __name__ == "__main__":  # pragma: no cover
