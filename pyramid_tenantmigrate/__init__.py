@@ -125,7 +125,9 @@ def includeme(config):
       (``tenantmigrate.tenant_from`` or ``config.set_tenant_resolver``),
       checked against the tenant source. After routing, a request naming
       anything that is not a tenant gets a 404, and the request's session
-      is scoped to its tenant (see :mod:`.resolution`);
+      is scoped to its tenant (see :mod:`.resolution`); the view predicate
+      ``tenant=True`` / ``tenant=False`` serves a view to requests naming
+      a tenant / naming none only;
     - subscribes to ``ApplicationCreated``: when the app is served, the
       ``tenantmigrate.startup`` hook checks or upgrades the database
       (``off`` by default; see :mod:`.startup`) before the first request.
@@ -155,5 +157,6 @@ def includeme(config):
     config.add_request_method(directives.request_drop_tenant, "drop_tenant")
     config.add_request_method(resolution.request_tenant, "tenant",
                               reify=True)
+    config.add_view_predicate("tenant", resolution.TenantPredicate)
     config.add_subscriber(resolution.scope_request, BeforeTraversal)
     config.add_subscriber(on_application_created, ApplicationCreated)

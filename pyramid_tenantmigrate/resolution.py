@@ -85,6 +85,24 @@ def scope_request(event):
     set_request_tenant(request, request_tenant(request))
 
 
+class TenantPredicate:
+    """The view predicate ``tenant``: ``tenant=True`` matches requests
+    naming a tenant only (a tenant's pages: on the bare domain they are a
+    404, not a query of a tenant table in no tenant), ``tenant=False``
+    requests naming none (the landing and sign-up pages)."""
+
+    def __init__(self, value, config):
+        self.value = bool(value)
+
+    def text(self):
+        return f"tenant = {self.value}"
+
+    phash = text
+
+    def __call__(self, context, request):
+        return (request.tenant is not None) is self.value
+
+
 def set_request_tenant(request, tenant, migrator=None):
     """Make ``tenant`` (a schema already checked against the tenant source,
     or ``None``) the request's tenant: ``request.tenant``, and the request's

@@ -86,6 +86,43 @@ class _Behind(Exception):
     pass
 
 
+def resolve_task(spec):
+    """The function ``spec`` names: ``package.module:function``, or a
+    script, ``path/to/script.py[:function]`` (default ``run``), loaded
+    from its file. Raises ``ValueError`` saying why not."""
+    path, _, function = spec.partition(":")
+    if path.endswith(".py"):
+        task = getattr(_load_script(path), function or "run", None)
+        if task is None:
+            raise ValueError(f"{path} defines no function "
+                             f"{function or 'run'}")
+    else:
+        from pyramid.path import DottedNameResolver
+        try:
+            task = DottedNameResolver().resolve(spec)
+        except (ImportError, ValueError) as exc:
+            raise ValueError(f"cannot import {spec}: {exc}") from None
+    if not callable(task):
+        raise ValueError(f"{spec} is not a function")
+    return task
+
+
+def _load_script(path):
+    import importlib.util
+    import os
+    if not os.path.isfile(path):
+        raise ValueError(f"no such script: {path}")
+    name = "tenantmigrate_script_" + os.path.basename(path)[:-3]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ValueError(f"loading {path} failed: "
+                         f"{describe_error(exc)}") from None
+    return module
+
+
 def run_in_tenants(migrator, task, tenants=(), exclude_tenants=(),
                    shard=None, workers=None, fail_fast=None, args=(),
                    registry=None, progress=None, name=None):

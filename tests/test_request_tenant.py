@@ -74,6 +74,16 @@ def make_app(migrator_settings, resolver=None, shared_session=None):
                         renderer="json")
         config.add_view(signup_view, route_name="signup", renderer="json",
                         request_method="POST")
+        # A tenant's page and the landing page on one URL; a page for
+        # tenants only.
+        config.add_route("page", "/page")
+        config.add_view(lambda request: {"page": "landing"},
+                        route_name="page", renderer="json", tenant=False)
+        config.add_view(notes_view, route_name="page", renderer="json",
+                        tenant=True)
+        config.add_route("tenant_page", "/tenant-page")
+        config.add_view(notes_view, route_name="tenant_page",
+                        renderer="json", tenant=True)
     return config.make_wsgi_app()
 
 
@@ -123,6 +133,15 @@ def test_tenant_from_the_subdomain(tenants):
         "tenant": "tenant_b", "titles": ["tenant_b note"]}
     # The bare domain names no tenant.
     assert get("example.com", "/").json == {"tenant": None}
+    # tenant=True / tenant=False views: a tenant's page, the landing page;
+    # a tenant's page on the bare domain is a 404, not a read of
+    # public.notes.
+    assert get("example.com", "/page").json == {"page": "landing"}
+    assert get("tenant_a.example.com", "/page").json == {
+        "tenant": "tenant_a", "titles": ["tenant_a note"]}
+    assert get("tenant_b.example.com", "/tenant-page").json[
+        "titles"] == ["tenant_b note"]
+    get("example.com", "/tenant-page", status=404)
     # Anything else that is not a tenant: 404 before the view runs.
     for host in ("public.example.com", "other.example.com",
                  "tenantmigrate_spare_0.example.com",

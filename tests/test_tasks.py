@@ -120,6 +120,32 @@ def test_the_function_waits_for_the_tenants_migration(project, db):
     assert counters(db, "tenant_a") == {"tenant_a": 1}
 
 
+def test_a_script_file_runs_in_each_tenant(project, db, tmp_path):
+    at_head(project, db, "tenant_a", "tenant_b")
+    script = tmp_path / "fix.py"
+    script.write_text(
+        "from sqlalchemy import text\n\n"
+        "def run(task):\n"
+        "    task.connection.execute(text('UPDATE counters SET n = n + 2'))\n"
+        "\n"
+        "def by_arg(task):\n"
+        "    task.connection.execute(text('UPDATE counters SET n = n + '\n"
+        "                                 + task.args[0]))\n")
+    project.cli("run", str(script), check=0)
+    project.cli("run", f"{script}:by_arg", "3", "--tenant", "tenant_b",
+                check=0)
+    assert counters(db, "tenant_a", "tenant_b") == {"tenant_a": 2,
+                                                   "tenant_b": 5}
+    for spec, message in ((f"{script}:nope", "defines no function nope"),
+                          (str(tmp_path / "none.py"), "no such script")):
+        result = project.cli("run", spec, check=2)
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    script.write_text("raise RuntimeError('broken at import')\n")
+    result = project.cli("run", str(script), check=2)
+    assert "broken at import" in result.stderr
+
+
 def test_bad_usage_is_named(project, db):
     at_head(project, db, "tenant_a")
     for args, message in (

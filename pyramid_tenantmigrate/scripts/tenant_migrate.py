@@ -257,7 +257,9 @@ class TenantMigrateCommand:
         p.add_argument("args", nargs="*",
                        metavar="module:function [arg ...] [var=value]",
                        help="the function, called with a TenantTask per "
-                            "tenant (its .args: the arguments after it)")
+                            "tenant (its .args: the arguments after it); "
+                            "or a script, path/to/script.py[:function], "
+                            "its function run by default")
         _add_run_options(p, only=_TASK_OPTIONS)
 
         p = sub.add_parser(
@@ -499,19 +501,15 @@ class TenantMigrateCommand:
         return 0 if report.ok else 1
 
     def command_run(self, migrator, positionals):
-        from pyramid.path import DottedNameResolver
-
-        from ..tasks import run_in_tenants
+        from ..tasks import resolve_task, run_in_tenants
         if not positionals:
             raise UsageError("run needs the function to call, as "
-                             "package.module:function")
+                             "package.module:function or script.py")
         name, *args = positionals
         try:
-            task = DottedNameResolver().resolve(name)
-        except (ImportError, ValueError) as exc:
-            raise UsageError(f"run: cannot import {name}: {exc}") from None
-        if not callable(task):
-            raise UsageError(f"run: {name} is not a function")
+            task = resolve_task(name)
+        except ValueError as exc:
+            raise UsageError(f"run: {exc}") from None
         return self._in_each_tenant(functools.partial(
             run_in_tenants, task=task, args=tuple(args), name=name))
 
