@@ -30,7 +30,12 @@ from .errors import (
     sqlstate,
 )
 from .events import TenantCloned, TenantCreated, TenantDropped, TenantRenamed
-from .isolation import acting_as_tenant, drop_tenant_role, grant_tenant
+from .isolation import (
+    acting_as_tenant,
+    drop_tenant_role,
+    grant_tenant,
+    rename_tenant_role,
+)
 from .names import quote_schema, validate_schema_name
 from .plan import TENANT, branch_heads
 from .reserved import PROVISIONING_LOCK, lock_key
@@ -283,8 +288,8 @@ def _rename(migrator, old, new, connection, registry, request, dbsession):
         raise TenantExists(new)
     connection.exec_driver_sql(
         f"ALTER SCHEMA {quote_schema(old)} RENAME TO {quote_schema(new)}")
+    rename_tenant_role(connection, migrator.settings, old, new)
     grant_tenant(connection, migrator.settings, new)
-    drop_tenant_role(connection, migrator.settings, old)
     migrator.tenant_directory.dropped(old)
     migrator.tenant_directory.created(new)
     _notify(TenantRenamed(new, connection, migrator, registry, request,

@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .engine.execute import execute_branch
 from .errors import TenantSourceUnavailable, UsageError, sqlstate
-from .isolation import install_functions
+from .isolation import grant_tenant_sql, grants_to_app, install_functions
 from .locking import RunLock
 from .plan import (
     SHARED,
@@ -287,7 +287,15 @@ class Run:
             workers=options.workers if plan.branch == TENANT else 1,
             fail_fast=options.fail_fast,
             create_missing=options.create_missing and plan.branch == TENANT,
-            progress=self._progress, should_stop=self._stop_reason)
+            progress=self._progress, should_stop=self._stop_reason,
+            closing=self._grants if plan.branch == TENANT else None)
+
+    def _grants(self, schema):
+        """Before a tenant's transaction commits: what its revisions made
+        granted to its role, or the app role (:mod:`.isolation`)."""
+        settings = self.migrator.settings
+        return (grant_tenant_sql(settings, schema)
+                if grants_to_app(settings) else None)
 
     def _plan(self, planner, branch, schemas):
         with self.migrator.connect(self.migrator.run_engine) as connection:

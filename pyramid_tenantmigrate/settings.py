@@ -207,9 +207,10 @@ def _role_name(value):
 
 def _role_prefix(value):
     prefix = _role_name(value)
-    if prefix is None or len(prefix) > 20:
+    if prefix is None or len(prefix) > 20 or prefix.startswith("pg_"):
         raise ValueError("expected a prefix of 1 to 20 lower-case ASCII "
-                         "letters, digits and underscores")
+                         "letters, digits and underscores, not starting "
+                         "with pg_")
     return prefix
 
 

@@ -11,10 +11,11 @@ made at.
 :func:`claim_spare` (called by ``create_tenant``) takes one made at the
 current tenant head with ``FOR UPDATE SKIP LOCKED`` (two sign-ups never get
 the same one, and neither waits for the other) and renames it
-(``ALTER SCHEMA ... RENAME TO``); ``create_tenant`` then runs the same
-migration it runs without spares, from the schema's own version table to
-the head, which normally has nothing to do. All of it happens in the
-caller's transaction: a sign-up that is rolled back puts the spare back.
+(``ALTER SCHEMA ... RENAME TO``), through a function the deploy role
+installs (:mod:`.isolation`), so the app role needs none of its powers.
+The spare is at the heads it was claimed for: nothing is left to migrate.
+All of it happens in the caller's transaction: a sign-up that is rolled
+back puts the spare back.
 
 A rename keeps every object and every reference between objects (column
 defaults such as ``nextval('...'::regclass)``, foreign keys, views and

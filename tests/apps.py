@@ -94,3 +94,23 @@ def pshell_setup(env):
     from pyramid_tenantmigrate import tenant_of
     request = env["request"]
     env["seen_by_setup"] = (request.tenant, tenant_of(request.dbsession))
+
+
+# New tenants greeted by a subscriber (tests/test_isolation.py).
+
+def welcome_note(event):
+    """Writes into the new tenant through event.connection (with
+    isolation, as the tenant's role)."""
+    import sqlalchemy as sa
+    notes = sa.Table("notes", sa.MetaData(),  # no schema: the new tenant's
+                     sa.Column("title", sa.Text))
+    event.connection.execute(notes.insert().values(title="welcome"))
+
+
+def main_greeting_new_tenants(global_config, **settings):
+    with Configurator(settings=settings) as config:
+        config.include("pyramid_tenantmigrate")
+        config.set_tenantmigrate_global_config(global_config)
+        config.add_subscriber(welcome_note,
+                              "pyramid_tenantmigrate.TenantCreated")
+    return config.make_wsgi_app()

@@ -312,3 +312,93 @@ def test_tenants_made_before_isolation_get_their_roles_from_one_run(
             "SELECT count(*) FROM tenant_old.notes")).scalar() == 0
         assert _attempt(session, "SELECT * FROM tenant_a.notes") in DENIED
     session.close()
+
+
+def test_a_role_that_is_not_a_tenant_role_is_never_taken_over(
+        fleet, db, roles):
+    app, prefix = fleet
+    with db.connect() as connection:
+        # Someone's role that happens to be named like a tenant role of
+        # the schema "ops", and powerful.
+        connection.exec_driver_sql("CREATE SCHEMA ops")
+        connection.exec_driver_sql(f'CREATE ROLE "{prefix}ops" NOLOGIN')
+        connection.exec_driver_sql(f'GRANT pg_read_all_data TO "{prefix}ops"')
+        # A tenant role of this name in another database of the server.
+        connection.exec_driver_sql("CREATE SCHEMA elsewhere")
+        connection.exec_driver_sql(f'CREATE ROLE "{prefix}elsewhere" NOLOGIN')
+        connection.exec_driver_sql(
+            f"COMMENT ON ROLE \"{prefix}elsewhere\" IS 'pyramid_tenantmigrate "
+            f"tenant role of another_db.elsewhere'")
+        connection.commit()
+    with app.engine.connect() as connection:
+        for schema in ("ops", "elsewhere"):
+            for call in (f"tenantmigrate_tenant_role('{schema}')",
+                         f"tenantmigrate_grant_tenant('{schema}')"):
+                with pytest.raises(sa.exc.DBAPIError) as refused:
+                    connection.execute(sa.text(f"SELECT public.{call}"))
+                assert _sqlstate(refused) == "42710", call
+                connection.rollback()
+        # The app role was given neither.
+        assert connection.execute(sa.text(
+            "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON "
+            "r.oid = m.roleid WHERE m.member = (SELECT oid FROM pg_roles "
+            f"WHERE rolname = '{roles.app}') AND r.rolname IN "
+            f"('{prefix}ops', '{prefix}elsewhere')")).scalar() == 0
+    with db.connect() as connection:
+        connection.exec_driver_sql("DROP SCHEMA ops; DROP SCHEMA elsewhere")
+        connection.commit()
+    with app.engine.connect() as connection:
+        # Nor dropped, once their schema is gone.
+        with pytest.raises(sa.exc.DBAPIError) as refused:
+            connection.execute(sa.text(
+                "SELECT public.tenantmigrate_drop_tenant_role('ops')"))
+        assert _sqlstate(refused) == "42710"
+
+
+def test_rename_and_create_tenant_from_the_deploy_role(fleet, project, db):
+    app, prefix = fleet
+    project.cli("rename-tenant", "tenant_b", "tenant_e", check=0)
+    with db.connect() as connection:
+        names = connection.exec_driver_sql(
+            "SELECT rolname FROM pg_roles WHERE rolname IN "
+            f"('{tenant_role(prefix, 'tenant_b')}', "
+            f"'{tenant_role(prefix, 'tenant_e')}')").scalars().all()
+    assert names == [tenant_role(prefix, "tenant_e")]
+    app.tenant_directory.dropped("tenant_b")
+    app.tenant_directory.created("tenant_e")
+    session = _session(app, "tenant_e")
+    with session.begin():
+        assert session.execute(sa.text(
+            "SELECT title FROM tenant_e.notes")).scalars().all() == [
+            "secret of tenant_b"]
+        assert _attempt(session, "SELECT * FROM tenant_a.notes") in DENIED
+    session.close()
+    # The deploy role's create-tenant runs TenantCreated subscribers as
+    # the new tenant's role, which it may switch to.
+    project.app_factory = "call:tests.apps:main_greeting_new_tenants"
+    project.write_ini()
+    project.cli("create-tenant", "tenant_f", check=0)
+    app.tenant_directory.created("tenant_f")
+    session = _session(app, "tenant_f")
+    with session.begin():
+        assert session.execute(sa.text(
+            "SELECT title FROM tenant_f.notes")).scalars().all() == [
+            "welcome"]
+    session.close()
+
+
+def test_pg_prefixes_are_refused(project):
+    with pytest.raises(ConfigurationError, match="tenant_role_prefix"):
+        project.migrator(**{"tenantmigrate.tenant_role_prefix": "pg_x"})
+
+
+def test_an_inheriting_app_role_is_refused_before_16(
+        fleet, project, server_engine, server_version, roles):
+    if int(server_version) >= 160000:
+        pytest.skip("PostgreSQL 16 says per grant: the app role's own "
+                    "attribute does not matter")
+    with server_engine.connect() as connection:
+        connection.exec_driver_sql(f'ALTER ROLE "{roles.app}" INHERIT')
+    result = project.cli("upgrade", check=2)
+    assert "NOINHERIT" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -873,3 +873,51 @@ def test_numbers_beyond_any_oid_are_values(project, db):
     with db.connect() as connection:
         assert connection.exec_driver_sql(
             "SELECT DISTINCT at FROM tenant_a.notes").scalar() == 1795672532349
+
+
+@pytest.mark.parametrize("seen_by_capture", [True, False],
+                         ids=["in-capture", "data-dependent"])
+def test_an_enum_made_by_a_checked_revision_then_given_a_value(
+        project, db, seen_by_capture, server_version):
+    if int(server_version) < 170000:
+        pytest.skip("before PostgreSQL 17 a value cannot be used in the "
+                    "transaction that added it, under plain Alembic too")
+    # t2 reads (checked: replayed after a savepoint, where it could run
+    # through Alembic in place) and makes an enum type; t3 adds a value in
+    # the transaction, which t4 uses. PostgreSQL refuses a value added to a
+    # type made inside a subtransaction (55P04). When capture sees the
+    # ADD VALUE, the program takes no savepoint; when only the tenant's
+    # rows make t3 add it, the tenant runs again without savepoints.
+    project.write_revision("tenant", "t1", None, NOTES)
+    project.write_revision("tenant", "t2", "t1", """
+        count = op.get_bind().execute(
+            sa.text("SELECT count(*) FROM notes WHERE title = 'a'")).scalar()
+        op.create_table("moods",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("mood", sa.Enum("sad", "happy", name="mood")))
+        op.execute(f"COMMENT ON TABLE moods IS '{count} a'")
+        """)
+    condition = "True" if seen_by_capture else (
+        "op.get_bind().execute(sa.text("
+        "\"SELECT count(*) FROM notes WHERE title = 'x'\")).scalar()")
+    project.write_revision("tenant", "t3", "t2", f"""
+        if {condition}:
+            op.execute("ALTER TYPE mood ADD VALUE 'meh'")
+        """)
+    project.write_revision("tenant", "t4", "t3", """
+        op.execute("INSERT INTO moods (mood) SELECT 'meh' FROM pg_enum "
+                   "WHERE enumlabel = 'meh' AND enumtypid = 'mood'::regtype")
+        """)
+    create_schemas(db, "tenant_a")
+    upgrade_json(project, "tenant@t1")
+    with db.begin() as connection:  # a row capture does not see
+        connection.exec_driver_sql(
+            "INSERT INTO tenant_a.notes (title) VALUES ('x')")
+
+    report = upgrade_json(project)
+
+    assert tenant_results(report)["tenant_a"]["status"] == "done"
+    with db.connect() as connection:
+        moods = connection.exec_driver_sql(
+            "SELECT mood::text FROM tenant_a.moods").scalars().all()
+    assert moods == ["meh"]

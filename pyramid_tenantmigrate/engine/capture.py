@@ -11,7 +11,7 @@ running the revisions the way plain Alembic runs them, and watching:
 - in a scratch schema brought to the same starting revision, alone on
   ``search_path`` with ``extra_search_path`` after it, as a tenant is,
   inside a transaction that is rolled back: nothing stays;
-- twice, in two scratch schemas on two connections, at the same time.
+- twice, in two scratch schemas on two connections.
 
 Every statement psycopg2 sends is recorded as psycopg2 sends it (bound
 parameters inlined by psycopg2 itself). A revision *replays*, its recorded
@@ -56,7 +56,6 @@ no rows: a backfill looping until a batch finds nothing, an index probe):
 a tenant answering otherwise then runs the whole revision through Alembic
 as if it had not started.
 """
-import concurrent.futures
 import copy
 import re
 import secrets
@@ -199,29 +198,15 @@ def capture_steps(migrator, steps, from_heads, branch="tenant"):
     engine = create_engine(
         migrator.engine.url, poolclass=NullPool,
         connect_args={"connection_factory": _CaptureConnection})
-    def capture(_=None):
-        return _capture(migrator, engine, steps, from_heads, branch)
-
     try:
-        # At once: each waits on the server half the time. Something
-        # both create outside their scratch schemas (an extension) makes
-        # one wait for the other's rollback, up to the lock timeout: then
-        # the one that waited captures again, alone.
-        with concurrent.futures.ThreadPoolExecutor(
-                2, thread_name_prefix="tenantmigrate-capture") as pool:
-            first, second = pool.map(capture, range(2))
-        if _transient_only(second, first):
-            second = capture()
-        elif _transient_only(first, second):
-            first = capture()
+        # One after the other: run at once, two captures of revisions
+        # referring to a shared table (a foreign key locks it) would
+        # queue behind each other, up to the lock timeout.
+        first = _capture(migrator, engine, steps, from_heads, branch)
+        second = _capture(migrator, engine, steps, from_heads, branch)
     finally:
         engine.dispose()
     return [_compare(a, b) for a, b in zip(first, second)]
-
-
-def _transient_only(captured, other):
-    return (any(c.transient for c in captured)
-            and not any(c.transient for c in other))
 
 
 def _compare(first, second):
@@ -522,8 +507,13 @@ class _Recorder:
             # SELECT is a read all the same (checked in full, whatever
             # part of it the revision fetched).
             reads = cursor.description is not None or cursor.name is not None
-            if reads and not self._may_check(len(self._statements),
-                                             self.in_block):
+            if reads and self.in_block and cursor.name is not None:
+                # psycopg2 has no server-side cursor outside a
+                # transaction: plain Alembic fails there.
+                self.note(f"reads through a server-side cursor inside its "
+                          f"autocommit block: {_head(sql)}")
+            elif reads and not self._may_check(len(self._statements),
+                                               self.in_block):
                 self.note(f"reads the database where part of it has "
                           f"committed (its autocommit block): {_head(sql)}")
             elif reads:

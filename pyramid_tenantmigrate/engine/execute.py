@@ -34,7 +34,12 @@ from ..report import (
 )
 from ..retry import RETRYABLE, RetryPolicy
 from ..workers import DatabaseGone, WorkerPool
-from .sql import READ_DIFFERS, VERSION_MOVED, tenant_lock_sql
+from .sql import (
+    READ_DIFFERS,
+    UNSAFE_NEW_ENUM,
+    VERSION_MOVED,
+    tenant_lock_sql,
+)
 from .transaction import SchemaRun, is_disconnect, send_script
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,9 @@ class _Tries:
         #: The program of the next try, when it is the rest of the last
         #: one (see ``BranchExecution._replan_after``).
         self.program = None
+        #: A replayed revision failed with 55P04 after a savepoint: the
+        #: next tries take none (see ``program.build_program``).
+        self.no_savepoints = False
 
     def result(self, schema_plan, heads, program):
         """The schema's result, its revisions and paths those of every
@@ -77,13 +85,14 @@ class BranchExecution:
     """Runs a branch's plan over a worker pool; see the module docstring.
 
     ``programs`` makes the programs (:class:`~.program.Programs`);
+    ``closing`` is :class:`~.transaction.SchemaRun`'s;
     ``should_stop()`` returns a reason to stop starting schemas (the run
     lock was lost), or ``None``.
     """
 
     def __init__(self, migrator, plan, planner, programs, *, workers=None,
                  fail_fast=False, create_missing=False, progress=None,
-                 should_stop=None):
+                 should_stop=None, closing=None):
         self.migrator = migrator
         self.plan = plan
         self.planner = planner
@@ -93,6 +102,7 @@ class BranchExecution:
         self.create_missing = create_missing
         self.progress = progress
         self.external_stop = should_stop or (lambda: None)
+        self.closing = closing
         self.retry = RetryPolicy(migrator.settings.lock_retries)
         self.report = BranchReport(plan.branch, plan.operation,
                                    plan.destination)
@@ -207,9 +217,11 @@ class BranchExecution:
             alembic_at = self._through_alembic(tries)
             if alembic_at:
                 program = program.through_alembic_at(alembic_at)
+            if tries.no_savepoints:
+                program = program.without_savepoints()
             run = SchemaRun(self.migrator, worker.connection,
                             schema_plan.schema, program, self.plan.branch,
-                            create_schema=tries.create)
+                            create_schema=tries.create, closing=self.closing)
             try:
                 heads = run.run()
             except Exception as exc:
@@ -230,7 +242,7 @@ class BranchExecution:
     def _answered_otherwise(self, schema_plan, tries, program, run):
         """The program as it ran: revisions whose check failed in the
         schema ran through Alembic there, in the same transaction (see
-        :func:`.transaction.falls_back_in_place`), and count as failed
+        :attr:`.program.ProgramStep.in_place`), and count as failed
         checks; a later try runs them through Alembic at once."""
         if not run.answered_otherwise:
             return program
@@ -261,6 +273,14 @@ class BranchExecution:
             log.info("%s: a read of revision %s answers otherwise than in "
                      "capture: trying again with it through Alembic",
                      schema_plan.schema, exc.revision)
+            return self._replan_after(worker, schema_plan, tries, run,
+                                      program)
+        if (state == UNSAFE_NEW_ENUM and not tries.no_savepoints
+                and not run.committed_in_revision
+                and any(step.in_place for step in program.steps)):
+            # An enum type made inside a savepoint, given a value later
+            # in the transaction: the same schema without savepoints.
+            tries.no_savepoints = True
             return self._replan_after(worker, schema_plan, tries, run,
                                       program)
         if state == VERSION_MOVED and tries.replans < MAX_REPLANS:
@@ -295,8 +315,11 @@ class BranchExecution:
             if revision not in left)
         # What is left is the rest of the same run: the rest of this
         # program, captured in one go as plain Alembic runs it in one go,
-        # not captured again from here.
-        tries.program = program.rest_from(tries.from_heads, tries.steps)
+        # not captured again from here; unless what Alembic remembered
+        # had parted from what capture saw (the rest of that try ran
+        # through Alembic, and the new try starts without that memory).
+        tries.program = None if run.forced else program.rest_from(
+            tries.from_heads, tries.steps)
         return None
 
     def _replan(self, worker, schema_plan):

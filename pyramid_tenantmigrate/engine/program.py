@@ -10,11 +10,14 @@ does not take the rest of the range with it.
 :class:`Programs` makes them (capturing at most once per group) and keeps
 them for the life of a run, or of a migrator for provisioning.
 """
+import re
 import threading
 from dataclasses import dataclass, replace
 
 from ..plan import heads_after
 from .capture import capture_steps
+
+_ADDS_ENUM_VALUE = re.compile(r"\bADD\s+VALUE\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class ProgramStep:
     capture saw it. ``controls_transaction``: the revision commits or
     rolls back by itself. ``checked``: some replayed statement checks a
     read (it may fail with :data:`.sql.READ_DIFFERS` in a tenant).
+    ``in_place``: where a check fails, the revision runs through Alembic
+    right there, from a savepoint taken before it in the same transaction
+    (see :func:`build_program`).
     """
 
     step: object
@@ -41,6 +47,7 @@ class ProgramStep:
     memo_after: dict = None
     controls_transaction: bool = False
     checked: bool = False
+    in_place: bool = False
 
     @property
     def has_block(self):
@@ -112,6 +119,12 @@ class Program:
             return None
         return replace(self, from_heads=tuple(heads), steps=rest)
 
+    def without_savepoints(self):
+        """This program with no revision replayed from a savepoint (a
+        schema where one failed with 55P04, see :func:`build_program`)."""
+        return replace(self, steps=tuple(
+            replace(step, in_place=False) for step in self.steps))
+
     def paths(self):
         """``{revision: "replay" | "alembic"}``."""
         return {step.revision: ("replay" if step.replay is not None
@@ -138,6 +151,15 @@ def build_program(steps, from_heads, captured=None, operation="upgrade",
 
     heads = tuple(from_heads)
     program_steps = []
+    # PostgreSQL does not let an enum value added in the transaction be
+    # used when its type was created inside a subtransaction (55P04): no
+    # savepoints in a program that adds enum values in the transaction
+    # (in an autocommit block, the value commits at once). One added
+    # through Alembic fails the same way: the executor then tries the
+    # schema again without savepoints.
+    adds_enum_values = captured is not None and any(
+        _ADDS_ENUM_VALUE.search(statement.sql) and not statement.in_block
+        for cap in captured for statement in cap.statements)
     for index, step in enumerate(steps):
         heads = heads_after(heads, [step])
         revision = step.revision.revision
@@ -145,13 +167,18 @@ def build_program(steps, from_heads, captured=None, operation="upgrade",
         if cap is None:
             program_steps.append(ProgramStep(step, revision, heads))
             continue
+        replay = _parts(cap.statements) if cap.replayable else None
+        checked = any(st.check is not None for st in cap.statements)
         program_steps.append(ProgramStep(
-            step, revision, heads,
-            replay=_parts(cap.statements) if cap.replayable else None,
-            reason=cap.reason, memo_before=cap.memo_before,
-            memo_after=cap.memo_after,
-            controls_transaction=cap.controls_transaction,
-            checked=any(st.check is not None for st in cap.statements)))
+            step, revision, heads, replay=replay, reason=cap.reason,
+            memo_before=cap.memo_before, memo_after=cap.memo_after,
+            controls_transaction=cap.controls_transaction, checked=checked,
+            # Commits nothing by itself: a savepoint before it undoes
+            # exactly what it did.
+            in_place=(checked and replay is not None
+                      and not any(block for block, _ in replay)
+                      and not cap.controls_transaction
+                      and not adds_enum_values)))
     return Program(tuple(from_heads), heads, tuple(program_steps),
                    version_table_ddl=version_table_ddl, operation=operation)
 

@@ -28,16 +28,12 @@ committed, the caller's settings are put back at the end, and blocks run
 in their transaction-safe form (:func:`.capture.transaction_safe`).
 """
 import contextlib
-import re
 
 from sqlalchemy import event
 
 from ..environment import AlembicSession
 from ..errors import describe_error, sqlstate
-from ..isolation import grant_tenant_sql, uses_roles
 from ..names import quote_schema
-from ..plan import TENANT
-from ..reserved import SPARE_PREFIX
 from ..retry import RETRYABLE, RetryPolicy
 from .capture import controls_transaction, transaction_safe
 from .sql import (
@@ -54,23 +50,9 @@ from .sql import (
 )
 
 _NO_TIMEOUT = "SET LOCAL lock_timeout = 0"
-#: Around a replayed revision whose read may answer otherwise in a schema.
+#: Around a replayed revision whose read may answer otherwise in a schema
+#: (:attr:`.program.ProgramStep.in_place`).
 _CHECK_SAVEPOINT = "tenantmigrate_check"
-#: PostgreSQL does not let an enum value added in a subtransaction be used
-#: later in the transaction, even where the type was created in it (55P04).
-_ADDS_ENUM_VALUE = re.compile(r"\bADD\s+VALUE\b", re.I)
-
-
-def falls_back_in_place(step):
-    """Whether a replayed ``step`` whose check fails in a schema can run
-    through Alembic right there, in the same transaction: it is checked,
-    commits nothing by itself (no autocommit block) and adds no enum
-    value, so a savepoint taken before it undoes exactly what it did."""
-    return (step.checked and step.replay is not None and not step.has_block
-            and not step.controls_transaction
-            and not any(_ADDS_ENUM_VALUE.search(sql)
-                        for _, statements in step.replay
-                        for sql in statements))
 
 #: What a block set for the session, put back (abort() does it on failure).
 _RESET_SESSION = ("RESET search_path; RESET lock_timeout; "
@@ -140,17 +122,24 @@ class SchemaRun:
 
     ``own`` (default): on a connection of our own, in autocommit mode at
     the driver; this object sends ``BEGIN``/``COMMIT`` within its scripts,
-    so a schema whose steps all replay takes one round trip. When some step
-    runs through Alembic, the driver holds the transaction instead (a
-    revision may use what needs one, such as a server-side cursor for
-    ``yield_per``), and this object commits through it.
+    so a schema whose steps all replay, unchecked, takes one round trip.
+    When some step runs through Alembic, the driver holds the transaction
+    instead (a revision may use what needs one, such as a server-side
+    cursor for ``yield_per``), and this object commits through it.
+
+    A replayed step whose read is checked and may fail in a schema
+    (:attr:`.program.ProgramStep.in_place`) takes a round trip of its own,
+    after a savepoint, and the driver holds the transaction then too.
 
     Otherwise the caller's transaction: no commit, and the caller's
     settings are put back at the end.
+
+    ``closing(schema)`` gives a statement to run before the schema's
+    transaction commits (a run's grants to the tenant's role), or None.
     """
 
     def __init__(self, migrator, connection, schema, program, branch,
-                 own=True, create_schema=False):
+                 own=True, create_schema=False, closing=None):
         self.migrator = migrator
         self.settings = migrator.settings
         self.connection = connection
@@ -159,6 +148,7 @@ class SchemaRun:
         self.branch = branch
         self.own = own
         self.create_schema = create_schema
+        self.closing = closing
         self.db_heads = tuple(program.from_heads)
         self.done_heads = tuple(program.from_heads)
         self.buffer = []
@@ -175,10 +165,13 @@ class SchemaRun:
         #: Replayed revisions whose check failed here: they ran through
         #: Alembic instead, in the same transaction.
         self.answered_otherwise = []
+        #: What Alembic remembered parted from what capture saw: the
+        #: rest ran through Alembic (see _run).
+        self.forced = False
         # Alembic may run on this connection: the driver holds the
         # transaction (see the class docstring).
         self.driver = own and any(
-            step.replay is None or falls_back_in_place(step)
+            step.replay is None or step.in_place
             for step in program.steps)
         self.pending_commit = False
 
@@ -286,9 +279,9 @@ class SchemaRun:
                 # Alembic remembers something else than capture saw before
                 # this revision: its recorded SQL may not be what Alembic
                 # would send here, so it and the rest run through Alembic.
-                forced = True
+                forced = self.forced = True
             if (item.replay is not None and not forced
-                    and self.own and falls_back_in_place(item)):
+                    and self.own and item.in_place):
                 # Its own round trip, so that a check failing undoes only
                 # this revision.
                 if self._replay_checked(item):
@@ -308,11 +301,9 @@ class SchemaRun:
             self.done_heads = tuple(program.to_heads)
         self.current = None
         self._sync_version()
-        if (self.own and self.branch == TENANT and uses_roles(self.settings)
-                and not self.schema.startswith(SPARE_PREFIX)):
-            # Tables the revisions made are the tenant role's as they
-            # commit (provisioning grants a new tenant's itself).
-            self.buffer.append(grant_tenant_sql(self.settings, self.schema))
+        closing = self.closing(self.schema) if self.closing else None
+        if closing:
+            self.buffer.append(closing)
         self._end()
         self._flush()
         self._autocommit()
