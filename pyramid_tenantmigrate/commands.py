@@ -126,6 +126,15 @@ def stamp(migrator, target, **options):
     return run(migrator, STAMP, target, RunOptions(**options))
 
 
+def lint(migrator, rev_range=None):
+    """Lint the revisions still to run (or ``rev_range``, ``rev1:rev2``)
+    with squawk, weighed by the tenants that will run them; returns a
+    :class:`~pyramid_tenantmigrate.lint.LintReport` (see :mod:`.lint`).
+    Nothing is changed in the database."""
+    from . import lint as lint_module
+    return lint_module.lint(migrator, rev_range)
+
+
 def fill_spares(migrator, count=None, lock_wait=None, locked=False):
     """Keep ``count`` spare tenant schemas (default: the
     ``tenantmigrate.spare_schemas`` setting) ready at the tenant head; see

@@ -268,6 +268,10 @@ SETTINGS = (
      "Capture each revision once and replay its SQL in every tenant where "
      "that is proven to be what Alembic does; false runs every revision "
      "through Alembic in each tenant."),
+    ("lint_before_upgrade", _strict_bool, False,
+     "``tenant-migrate upgrade`` lints the revisions it will run first "
+     "(:doc:`lint`) and refuses, exit 1, when one has an error-level "
+     "finding; ``upgrade --force`` runs them all the same."),
     ("lock_timeout", _milliseconds, 3000,
      "``SET LOCAL lock_timeout`` in each tenant's transaction: a duration "
      "such as ``500ms``, ``3s`` or ``2min`` (default 3s, in ms above); 0 "
@@ -352,6 +356,7 @@ class MigrateSettings:
     lock_wait: float = 0.0
     workers: int = 4
     replay: bool = True
+    lint_before_upgrade: bool = False
     lock_timeout: int = 3000
     statement_timeout: int = 0
     lock_retries: int = 3

@@ -155,7 +155,8 @@ class TenantMigrateCommand:
     # every installed distribution's entry points.
     get_config_loader = staticmethod(_get_config_loader)
     #: Commands that list tenants, and so need the tenant source.
-    tenant_commands = frozenset({"upgrade", "downgrade", "stamp", "current"})
+    tenant_commands = frozenset({"upgrade", "downgrade", "stamp", "current",
+                                 "lint"})
     stdout = sys.stdout
     stderr = sys.stderr
 
@@ -212,6 +213,17 @@ class TenantMigrateCommand:
         p.add_argument("--create-missing", action="store_true",
                        help="create tenant schemas the tenant source lists "
                             "but the database lacks")
+        p.add_argument("--force", action="store_true",
+                       help="upgrade even when lint finds errors "
+                            "(tenantmigrate.lint_before_upgrade)")
+
+        p = sub.add_parser(
+            "lint", help="lint the pending revisions' SQL for lock hazards "
+            "(squawk), with each tenant's share; exit 1 on errors")
+        p.add_argument("args", nargs="*", metavar="[rev1:rev2] [var=value]",
+                       help="the revisions to lint (default: from the "
+                            "oldest version any schema is at to the heads)")
+        p.add_argument("--json", action="store_true", help="print JSON")
 
         p = sub.add_parser("downgrade", help="downgrade tenants, then shared")
         p.add_argument("args", nargs="*", metavar="target [var=value]",
@@ -410,8 +422,39 @@ class TenantMigrateCommand:
     def command_upgrade(self, migrator, positionals):
         from .. import commands
         target = self._one_positional(positionals, "target", False)
+        if (migrator.settings.lint_before_upgrade and not self.options.force
+                and not self.options.sql):
+            refused = self._lint_gate(migrator)
+            if refused:
+                return refused
         return self._run_report(commands.upgrade, migrator, target or "heads",
                                 create_missing=self.options.create_missing)
+
+    def _lint_gate(self, migrator):
+        """Exit code 1 when lint finds errors in what upgrade would run
+        (tenantmigrate.lint_before_upgrade), else ``None``."""
+        from .. import commands
+        report = commands.lint(migrator)
+        if report.ok:
+            return None
+        self.err(report.render_text())
+        first = report.errors[0]
+        self.err(f"tenant-migrate: error: refusing to upgrade: revision "
+                 f"{first.revision} has {len(report.errors)} lint error(s) "
+                 f"({first.rule}; tenantmigrate.lint_before_upgrade is on); "
+                 "nothing was run, pass --force to upgrade anyway")
+        return 1
+
+    def command_lint(self, migrator, positionals):
+        from .. import commands
+        rev_range = self._one_positional(positionals, "revision range",
+                                         False)
+        report = commands.lint(migrator, rev_range)
+        if self.options.json:
+            self.out(json.dumps(report.to_dict(), indent=2))
+        else:
+            self.out(report.render_text())
+        return 0 if report.ok else 1
 
     def command_downgrade(self, migrator, positionals):
         from .. import commands

@@ -1,0 +1,213 @@
+"""tenant-migrate lint: squawk's findings on the SQL replay runs, weighed by
+the tenants that will run it; the upgrade gate."""
+import json
+
+import pytest
+
+from pyramid_tenantmigrate import lint
+from pyramid_tenantmigrate.errors import UsageError
+from pyramid_tenantmigrate.lint import BYTES_PER_SECOND
+
+from .conftest import REPO_ROOT, create_schemas, version_of
+
+
+def _squawk_installed():
+    try:
+        return bool(lint.squawk_path())
+    except UsageError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _squawk_installed(),
+    reason="squawk-cli is not installed (the lint extra)")
+
+
+def test_the_package_under_test_is_this_checkout():
+    assert lint.__file__.startswith(REPO_ROOT)
+
+
+def test_without_squawk_lint_says_how_to_get_it(project, db, monkeypatch):
+    monkeypatch.setattr(lint, "SQUAWK", "squawk-not-installed")
+    result = project.cli("lint", check=2)
+    assert "lint needs squawk" in result.stderr
+    assert "pyramid_tenantmigrate[lint]" in result.stderr
+
+
+def _tenants_with_rows(project, db):
+    """Shared accounts, tenant notes; tenant_big has 500 notes, tenant_small
+    10, tenant_late is not created yet; all analyzed."""
+    project.write_revision("shared", "s1", None, """
+        op.create_table("accounts",
+            sa.Column("id", sa.Integer, primary_key=True))
+        """)
+    project.write_revision("tenant", "t1", None, """
+        op.create_table("notes",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("account_id", sa.Integer),
+            sa.Column("title", sa.Text))
+        """)
+    create_schemas(db, "tenant_big", "tenant_small")
+    project.run("upgrade", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO public.accounts SELECT generate_series(1, 10)")
+        for schema, rows in (("tenant_big", 500), ("tenant_small", 10)):
+            connection.exec_driver_sql(
+                f"INSERT INTO {schema}.notes (account_id, title) "
+                f"SELECT 1, repeat('x', 200) FROM generate_series(1, {rows})")
+    with db.connect() as connection:
+        connection = connection.execution_options(
+            isolation_level="AUTOCOMMIT")
+        for table in ("public.accounts", "tenant_big.notes",
+                      "tenant_small.notes"):
+            connection.exec_driver_sql(f"ANALYZE {table}")
+
+
+def _risky_revisions(project):
+    project.write_revision("tenant", "t2", "t1", """
+        op.create_index("ix_notes_title", "notes", ["title"])
+        """)
+    project.write_revision("tenant", "t3", "t2", """
+        op.alter_column("notes", "account_id", type_=sa.BigInteger)
+        """)
+    project.write_revision("tenant", "t4", "t3", """
+        op.create_foreign_key("fk_notes_account", "notes", "accounts",
+                              ["account_id"], ["id"],
+                              referent_schema="public")
+        """)
+
+
+def test_findings_name_revision_rule_tenants_rows_and_shared_lock(
+        project, db):
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+
+    result = project.cli("lint", check=1)
+    text = result.stdout
+    assert "t2 (tenant, runs in 2 tenant(s))" in text
+    assert "require-concurrent-index-creation" in text
+    assert "changing-column-type" in text
+    assert "largest tenant tenant_big has 500 rows" in text
+    assert "locks shared table public.accounts once in each of 2" in text
+    assert "error: tenant-locks-shared-table" in text
+    assert "public.accounts: shared table has 10 rows" in text
+    # Grouped by revision, errors before warnings within one.
+    t4 = text[text.index("t4 (tenant"):]
+    assert t4.index("error:") < t4.index("warning:")
+
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
+    assert document["ok"] is False
+    revisions = {r["revision"]: r for r in document["revisions"]}
+    assert list(revisions) == ["t2", "t3", "t4"]
+    assert all(r["runs_in"] == 2 and r["branch"] == "tenant"
+               for r in revisions.values())
+    index = next(f for f in revisions["t2"]["findings"]
+                 if f["rule"] == "require-concurrent-index-creation")
+    assert index["severity"] == "warning"
+    assert "CREATE INDEX ix_notes_title" in index["statement"]
+    stats = index["tables"]["notes"]
+    assert stats["schema"] == "tenant_big" and stats["rows"] == 500
+    assert stats["bytes"] > 0
+    assert index["estimated_lock_seconds"] == round(
+        stats["bytes"] / BYTES_PER_SECOND, 3)
+    shared_lock = next(f for f in revisions["t4"]["findings"]
+                       if f["rule"] == "tenant-locks-shared-table")
+    assert shared_lock["severity"] == "error"
+    assert shared_lock["shared_tables_locked"] == ["public.accounts"]
+    assert shared_lock["tables"]["public.accounts"]["rows"] == 10
+
+
+def test_tenant_count_is_those_behind_each_revision(project, db):
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    project.run("upgrade", "tenant@t2", "--tenant", "tenant_big", check=0)
+
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
+    runs_in = {r["revision"]: r["runs_in"] for r in document["revisions"]}
+    assert runs_in == {"t2": 1, "t3": 2, "t4": 2}
+
+
+def test_a_clean_revision_exits_0_and_shared_revisions_run_once(project, db):
+    _tenants_with_rows(project, db)
+    project.write_revision("shared", "s2", "s1", """
+        op.add_column("accounts", sa.Column("name", sa.Text))
+        """)
+    project.write_revision("tenant", "t2", "t1", """
+        op.add_column("notes", sa.Column("body", sa.Text))
+        """)
+    result = project.cli("lint", check=0)
+    assert "s2 (shared, runs once in the shared schema)" in result.stdout
+    assert "t2 (tenant, runs in 2 tenant(s))" in result.stdout
+    assert "0 error(s)" in result.stdout
+
+    assert "nothing to lint" in project.cli("lint", "s2:s2", check=0).stdout
+
+
+def test_a_range_lints_those_revisions_only(project, db):
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    document = json.loads(project.cli("lint", "t2:t3", "--json",
+                                      check=0).stdout)
+    assert [r["revision"] for r in document["revisions"]] == ["t3"]
+
+
+@pytest.mark.parametrize("rev_range", ["nope:t2", "t1", "t1:missing"])
+def test_a_bad_range_exits_2(project, db, rev_range):
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    result = project.cli("lint", rev_range, check=2)
+    assert "lint range" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_upgrade_gate_refuses_then_force_goes_through(project, db):
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    project.write_ini(**{"tenantmigrate.lint_before_upgrade": "true"})
+
+    refused = project.cli("upgrade", check=1)
+    assert "refusing to upgrade: revision t4" in refused.stderr
+    assert "tenant-locks-shared-table" in refused.stderr
+    assert "--force" in refused.stderr
+    assert version_of(db, "tenant_big") == ["t1"]
+
+    project.cli("upgrade", "--force", check=0)
+    assert version_of(db, "tenant_big") == ["t4"]
+    assert version_of(db, "tenant_small") == ["t4"]
+
+
+def test_shared_revisions_run_once_and_blocks_are_outside_the_transaction(
+        project, db):
+    _tenants_with_rows(project, db)
+    project.write_revision("shared", "s2", "s1", """
+        op.create_index("ix_accounts_id2", "accounts", ["id"])
+        """)
+    project.write_revision("tenant", "t2", "t1", """
+        with op.get_context().autocommit_block():
+            op.create_index("ix_notes_title", "notes", ["title"],
+                            postgresql_concurrently=True)
+        """)
+    document = json.loads(project.cli("lint", "--json", check=0).stdout)
+    s2, t2 = document["revisions"]
+    assert (s2["revision"], s2["branch"], s2["runs_in"]) == ("s2", "shared", 1)
+    index = next(f for f in s2["findings"]
+                 if f["rule"] == "require-concurrent-index-creation")
+    assert index["tables"]["accounts"] == {
+        "schema": "public", "rows": 10, "bytes": index["tables"][
+            "accounts"]["bytes"], "shared": True}
+    assert t2["revision"] == "t2" and t2["rendered"]
+    assert t2["statements"] == 1
+    assert not [f for f in t2["findings"] if "concurrent" in f["rule"]], (
+        t2["findings"])
+
+
+def test_a_revision_that_cannot_be_rendered_says_so(project, db):
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2", "t1", """
+        op.execute("SELECT 1/0")
+        """)
+    result = project.cli("lint", check=0)
+    assert "t2 (tenant, runs in 2 tenant(s))" in result.stdout
+    assert "could not be rendered" in result.stdout
+    assert "division by zero" in result.stdout
