@@ -211,3 +211,25 @@ def test_a_revision_that_cannot_be_rendered_says_so(project, db):
     assert "t2 (tenant, runs in 2 tenant(s))" in result.stdout
     assert "could not be rendered" in result.stdout
     assert "division by zero" in result.stdout
+
+
+def test_a_tenant_revision_needing_a_pending_shared_one(project, db):
+    _tenants_with_rows(project, db)
+    project.write_revision("shared", "s2", "s1", """
+        op.create_table("plans", sa.Column("id", sa.Integer,
+                                           primary_key=True))
+        """)
+    project.write_revision("tenant", "t2", "t1", """
+        op.add_column("notes", sa.Column("plan_id", sa.Integer,
+                      sa.ForeignKey("public.plans.id")))
+        """)
+    before = json.loads(project.cli("lint", "--json", check=0).stdout)
+    t2 = before["revisions"][1]
+    assert t2["revision"] == "t2" and not t2["rendered"]
+    assert "plans" in t2["note"]
+
+    project.run("upgrade", "shared", check=0)
+    after = json.loads(project.cli("lint", "--json", check=1).stdout)
+    [t2] = after["revisions"]
+    assert [f["shared_tables_locked"] for f in t2["findings"]
+            if f["rule"] == "tenant-locks-shared-table"] == [["public.plans"]]
