@@ -349,7 +349,7 @@ def _squawk(squawk, revision, statements):
 def _finding(migrator, branch, result, index, sql, issue, statistics):
     finding = Finding(
         revision=result.revision, branch=branch,
-        severity=issue["level"].lower(), rule=issue["rule_name"],
+        severity=_severity(migrator, issue), rule=issue["rule_name"],
         message=issue["message"], help=issue.get("help"), statement=sql,
         statement_index=index, runs_in=result.runs_in)
     shared = migrator.shared_schema
@@ -369,6 +369,17 @@ def _finding(migrator, branch, result, index, sql, issue, statistics):
         finding.estimated_lock_seconds = round(
             largest_bytes / BYTES_PER_SECOND, 3)
     return finding
+
+
+def _severity(migrator, issue):
+    """``error`` for the rules ``tenantmigrate.lint_errors`` names (and
+    what squawk itself calls an error: SQL it cannot parse), else
+    ``warning``: squawk reports all of its rules as warnings."""
+    if (issue["rule_name"] in migrator.settings.lint_errors
+            or issue["level"].lower() == "error"
+            and issue["rule_name"] != "tenant-locks-shared-table"):
+        return "error"
+    return "warning"
 
 
 def _largest(statistics, schema, table, shared, branch):

@@ -272,6 +272,12 @@ SETTINGS = (
      "``tenant-migrate upgrade`` lints the revisions it will run first "
      "(:doc:`lint`) and refuses, exit 1, when one has an error-level "
      "finding; ``upgrade --force`` runs them all the same."),
+    ("lint_errors", _aslist_flat, ("tenant-locks-shared-table",
+                                   "require-concurrent-index-creation",
+                                   "changing-column-type"),
+     "The lint rules whose findings are errors (squawk's rule names, and "
+     "``tenant-locks-shared-table``); the others are warnings. squawk "
+     "reports every rule as a warning."),
     ("lock_timeout", _milliseconds, 3000,
      "``SET LOCAL lock_timeout`` in each tenant's transaction: a duration "
      "such as ``500ms``, ``3s`` or ``2min`` (default 3s, in ms above); 0 "
@@ -357,6 +363,9 @@ class MigrateSettings:
     workers: int = 4
     replay: bool = True
     lint_before_upgrade: bool = False
+    lint_errors: tuple = ("tenant-locks-shared-table",
+                          "require-concurrent-index-creation",
+                          "changing-column-type")
     lock_timeout: int = 3000
     statement_timeout: int = 0
     lock_retries: int = 3
@@ -530,6 +539,7 @@ def parse_settings(settings, require_script_location=True,
             raise ConfigurationError(
                 f"setting {PREFIX}{name} must name a callable that {takes}")
     values["extra_search_path"] = tuple(values["extra_search_path"])
+    values["lint_errors"] = tuple(values["lint_errors"])
     _tenant_resolution(values)
     if values["isolation"] == "roles" and values["app_role"] is None:
         raise ConfigurationError(

@@ -104,7 +104,9 @@ def test_findings_name_revision_rule_tenants_rows_and_shared_lock(
                for r in revisions.values())
     index = next(f for f in revisions["t2"]["findings"]
                  if f["rule"] == "require-concurrent-index-creation")
-    assert index["severity"] == "warning"
+    # squawk calls it a warning; tenantmigrate.lint_errors (by default)
+    # an error.
+    assert index["severity"] == "error"
     assert "CREATE INDEX ix_notes_title" in index["statement"]
     stats = index["tables"]["notes"]
     assert stats["schema"] == "tenant_big" and stats["rows"] == 500
@@ -148,7 +150,7 @@ def test_a_range_lints_those_revisions_only(project, db):
     _tenants_with_rows(project, db)
     _risky_revisions(project)
     document = json.loads(project.cli("lint", "t2:t3", "--json",
-                                      check=0).stdout)
+                                      check=1).stdout)
     assert [r["revision"] for r in document["revisions"]] == ["t3"]
 
 
@@ -167,7 +169,10 @@ def test_upgrade_gate_refuses_then_force_goes_through(project, db):
     project.write_ini(**{"tenantmigrate.lint_before_upgrade": "true"})
 
     refused = project.cli("upgrade", check=1)
-    assert "refusing to upgrade: revision t4" in refused.stderr
+    # The first error: t2's index built without CONCURRENTLY; the report
+    # above it lists t4's lock of a shared table too.
+    assert ("refusing to upgrade: revision t2 has 3 lint error(s) "
+            "(require-concurrent-index-creation" in refused.stderr)
     assert "tenant-locks-shared-table" in refused.stderr
     assert "--force" in refused.stderr
     assert version_of(db, "tenant_big") == ["t1"]
@@ -188,7 +193,9 @@ def test_shared_revisions_run_once_and_blocks_are_outside_the_transaction(
             op.create_index("ix_notes_title", "notes", ["title"],
                             postgresql_concurrently=True)
         """)
-    document = json.loads(project.cli("lint", "--json", check=0).stdout)
+    # s2's index on a shared table, built without CONCURRENTLY, is an
+    # error (once, not per tenant).
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
     s2, t2 = document["revisions"]
     assert (s2["revision"], s2["branch"], s2["runs_in"]) == ("s2", "shared", 1)
     index = next(f for f in s2["findings"]
@@ -233,3 +240,18 @@ def test_a_tenant_revision_needing_a_pending_shared_one(project, db):
     [t2] = after["revisions"]
     assert [f["shared_tables_locked"] for f in t2["findings"]
             if f["rule"] == "tenant-locks-shared-table"] == [["public.plans"]]
+
+
+def test_lint_errors_says_which_rules_are_errors(project, db):
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    project.write_ini(**{"tenantmigrate.lint_errors": "changing-column-type"})
+
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
+
+    severities = {(r["revision"], f["rule"]): f["severity"]
+                  for r in document["revisions"] for f in r["findings"]}
+    assert severities[("t3", "changing-column-type")] == "error"
+    assert severities[("t2", "require-concurrent-index-creation")] == (
+        "warning")
+    assert severities[("t4", "tenant-locks-shared-table")] == "warning"
