@@ -134,10 +134,16 @@ class RunReport:
     warnings: list = field(default_factory=list)
     #: Whether the command takes ``--retry-failed`` (a recorded run).
     retry_failed: bool = True
+    #: The tenant branch's :class:`~pyramid_tenantmigrate.waves.Wave`\ s,
+    #: when it ran in waves.
+    waves: list = field(default_factory=list)
+    #: ``halted after wave K of N: <reason>`` when a wave's gate stopped
+    #: the run (:mod:`.waves`).
+    halted: str = None
 
     @property
     def ok(self):
-        return self.aborted is None and not any(
+        return self.aborted is None and self.halted is None and not any(
             b.failures for b in self.branches
         )
 
@@ -157,6 +163,8 @@ class RunReport:
             "started": self.started.isoformat(),
             "finished": self.finished.isoformat() if self.finished else None,
             "aborted": self.aborted,
+            "halted": self.halted,
+            "waves": [wave.to_dict() for wave in self.waves],
             "warnings": self.warnings + [
                 w for b in self.branches for w in b.warnings],
             "branches": [b.to_dict() for b in self.branches],
@@ -170,12 +178,24 @@ class RunReport:
             selection += " ..."
         return f"tenant-migrate {ini} {self.command} {selection}".rstrip()
 
+    def _not_started(self):
+        return sum(len(w.schemas) for w in self.waves
+                   if w.status == "not-started")
+
     def failure_summary(self):
         """A few lines naming each failed schema, its revision and error;
         schemas that failed the same way are grouped."""
         lines = []
         if self.aborted:
             lines.append(f"run stopped: {self.aborted}")
+        if self.halted:
+            lines.append(
+                f"run {self.halted}; {self._not_started()} tenant(s) of the "
+                f"later waves "
+                f"were not started. Look into it, then run the same "
+                f"'tenant-migrate {self.config_uri or '<ini>'} "
+                f"{self.command}' again (same waves): it resumes with the "
+                "tenants still pending")
         groups = {}
         for branch, result in self.failures:
             if result.status == NOT_RUN:
@@ -221,6 +241,11 @@ class RunReport:
         lines = []
         for branch in self.branches:
             lines.append(_render_branch(branch))
+        if self.halted:
+            lines[-1] += (f"; {self._not_started()} not started (run "
+                          "halted)")
+        lines.extend(_render_wave(wave, len(self.waves))
+                     for wave in self.waves)
         if self.spares is not None:
             lines.append(self.spares.render_text())
         for warning in self.warnings + [
@@ -229,6 +254,18 @@ class RunReport:
         if not self.ok:
             lines.append(self.failure_summary())
         return "\n".join(line for line in lines if line)
+
+
+def _render_wave(wave, count):
+    counts = wave.counts()
+    parts = [f"{counts[s]} {s}" for s in sorted(counts)]
+    median = wave.median_duration
+    if median is not None:
+        parts.append(f"median {median * 1000:.0f} ms per tenant")
+    if wave.status != "done":
+        parts.append(wave.status)
+    return (f"  wave {wave.index}/{count} ({len(wave.schemas)} tenant(s)): "
+            + ", ".join(parts))
 
 
 def _render_branch(branch):

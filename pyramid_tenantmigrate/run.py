@@ -18,6 +18,10 @@ the last look is taken while no tenant is being created (sign-ups hold
 the provisioning lock shared while they create one, the run takes it
 exclusively). So ``upgrade`` exits 0 only if every tenant the source
 lists when it ends is at the target.
+
+An ``upgrade`` with waves (:mod:`.waves`) runs the first pass's pending
+tenants wave by wave, and halts when a wave's gate says so; later passes
+(tenants created meanwhile) run as one.
 """
 import contextlib
 import sys
@@ -46,6 +50,7 @@ from .retry import LOCK_NOT_AVAILABLE
 from .runlog import RunRecord, reconcile, retry_tenants
 from .tenanthead import record_tenant_head
 from .tenants import TenantSelection, select_tenants
+from .waves import Gate, Wave, order_tenants, parse_waves, split_waves
 
 #: Passes over new tenants without blocking sign-ups, before the last one.
 FREE_PASSES = 3
@@ -75,7 +80,12 @@ class RunOptions:
     - ``yes``: ``stamp`` may move version tables away from what they say;
     - ``progress``: told about each branch (``planned(branch, count)``)
       and each schema (``progress(branch, result)``);
-    - ``config_uri``: the ini file, for the hints in reports.
+    - ``config_uri``: the ini file, for the hints in reports;
+    - ``waves``: ``upgrade`` runs the tenants in waves of these sizes
+      (``"1,5%,rest"`` or :func:`.waves.parse_waves`'s tuple; default:
+      the setting); ``canaries``: tenants that go first;
+      ``confirm_wave(wave)``: asked after each wave but the last, false
+      halts the run (:mod:`.waves`).
     """
 
     tenants: tuple = ()
@@ -91,6 +101,9 @@ class RunOptions:
     yes: bool = False
     progress: object = None
     config_uri: str = None
+    waves: object = None
+    canaries: tuple = ()
+    confirm_wave: object = None
     #: Set by :func:`run`: the setting's value when not given.
     resolved: bool = field(default=False, repr=False)
 
@@ -100,6 +113,16 @@ class RunOptions:
                 not isinstance(self.workers, int) or self.workers < 1):
             raise UsageError(f"--workers must be 1 or more, got "
                              f"{self.workers!r}")
+        waves = self.waves
+        if isinstance(waves, str):
+            try:
+                waves = parse_waves(waves)
+            except ValueError as exc:
+                raise UsageError(f"--waves {waves}: {exc}") from None
+        waves = waves or settings.waves
+        if (self.canaries or self.confirm_wave) and not waves:
+            raise UsageError("--canary and --wave-pause are for a run in "
+                             "waves: give --waves or set tenantmigrate.waves")
         return replace(
             self,
             tenants=tuple(dict.fromkeys(self.tenants)),
@@ -111,6 +134,7 @@ class RunOptions:
                        else self.lock_wait),
             output=self.output if self.output is not None else sys.stdout,
             progress=self.progress or NullProgress(),
+            waves=waves, canaries=tuple(dict.fromkeys(self.canaries)),
             resolved=True)
 
     @property
@@ -151,7 +175,7 @@ def run(migrator, operation, target, options=None):
         destinations = _shard_destinations(migrator, operation, destinations)
     if any(branch == TENANT for branch, _ in destinations):
         check_tenants_early(migrator, options.tenants,
-                            options.exclude_tenants)
+                            options.exclude_tenants, options.canaries)
     with RunLock(migrator, operation, wait=options.lock_wait,
                  shard=options.shard) as lock:
         return Run(migrator, operation, target, options, lock).execute(
@@ -337,11 +361,12 @@ class Run:
                 seen.update(new)
                 if new:
                     plan = self._plan(planner, TENANT, new)
-                    part, aborted = self._execute(plan, planner)
+                    part, aborted = self._execute_pass(plan, planner,
+                                                       first=passes == 0)
                     report.results.extend(part.results)
                     report.warnings.extend(part.warnings)
                     report.workers = max(report.workers, part.workers)
-                    if aborted:
+                    if aborted or self.report.halted:
                         return report, aborted
                     if part.failures and options.fail_fast:
                         return report, None
@@ -350,6 +375,55 @@ class Run:
             passes += 1
             # Nothing new, or enough free passes: the next is the last.
             last_pass = not new or passes >= FREE_PASSES
+
+    def _execute_pass(self, plan, planner, first):
+        """An upgrade with waves runs its first pass in waves."""
+        if first and self.operation == UPGRADE and self.options.waves:
+            return self._execute_waves(plan, planner)
+        return self._execute(plan, planner)
+
+    def _execute_waves(self, plan, planner):
+        """The plan's pending tenants wave by wave (:mod:`.waves`), the
+        others with the first; after each wave but the last its gate may
+        halt the run (``self.report.halted``)."""
+        migrator, options = self.migrator, self.options
+        if not plan.pending:
+            return self._execute(plan, planner)
+        with migrator.connect(migrator.run_engine) as connection:
+            ordered = order_tenants(
+                connection, [p.schema for p in plan.pending],
+                migrator.settings.wave_order, options.canaries)
+        waves = [Wave(index, schemas) for index, schemas in enumerate(
+            split_waves(options.waves, ordered), 1)]
+        self.report.waves = waves
+        schema_plans = {p.schema: p for p in plan.pending}
+        gate = Gate(migrator, options.confirm_wave)
+        report = BranchReport(TENANT, plan.operation, plan.destination)
+        others = replace(plan, pending=[])
+        nothing_else = replace(plan, pending=[], current=[], ahead=[],
+                               unplannable={}, unreadable={})
+        for wave in waves:
+            wave_plan = replace(others if wave is waves[0] else nothing_else,
+                                pending=[schema_plans[name]
+                                         for name in wave.schemas])
+            part, aborted = self._execute(wave_plan, planner)
+            report.results.extend(part.results)
+            report.warnings.extend(part.warnings)
+            report.workers = max(report.workers, part.workers)
+            in_wave = set(wave.schemas)
+            wave.results = [r for r in part.results if r.schema in in_wave]
+            wave.status = "done"
+            if aborted or (part.failures and options.fail_fast):
+                return report, aborted
+            if wave is waves[-1]:
+                break
+            reason = gate.verdict(wave, waves[0])
+            if reason:
+                wave.status = "halted"
+                self.report.halted = (f"halted after wave {wave.index} of "
+                                      f"{len(waves)}: {reason}")
+                break
+        return report, None
 
     def _select(self):
         migrator, options = self.migrator, self.options
@@ -494,9 +568,10 @@ def _shard_destinations(migrator, operation, destinations):
     return tenant_destinations
 
 
-def check_tenants_early(migrator, tenants, exclude_tenants):
+def check_tenants_early(migrator, tenants, exclude_tenants, canaries=()):
     """Refuse a tenant source that cannot work, and unknown ``--tenant``
-    names, before the shared branch runs: nothing is half-done.
+    and ``--canary`` names, before the shared branch runs: nothing is
+    half-done.
 
     The tenant source may only work once the shared branch has created its
     table; then the check happens after the shared branch, as usual.
@@ -508,6 +583,10 @@ def check_tenants_early(migrator, tenants, exclude_tenants):
             return
     select_tenants(discovered, migrator.shared_schema, only=tenants,
                    exclude=exclude_tenants)
+    unknown = [name for name in canaries if name not in set(discovered)]
+    if unknown:
+        raise UsageError("--canary names unknown tenant(s): "
+                         + ", ".join(unknown))
 
 
 def unfinished_tenants(migrator, selection, destinations):

@@ -172,9 +172,13 @@ class RunRecord:
                 counts[key] = counts.get(key, 0) + 1
                 if not result.ok:
                     failures.append(_failure_entry(branch.branch, result))
-        status = "ok" if report.ok else (
-            "aborted" if report.aborted else "failed")
-        note = report.aborted
+        if report.ok:
+            status = "ok"
+        elif report.aborted:
+            status = "aborted"
+        else:
+            status = "halted" if report.halted else "failed"
+        note = report.aborted or report.halted
         return self._complete(status, counts, failures, note, connect,
                               connection)
 

@@ -214,6 +214,35 @@ def _role_prefix(value):
     return prefix
 
 
+def _wave_spec(value):
+    from .waves import parse_waves
+    text = _text(value)
+    return None if text.lower() == "none" else parse_waves(text)
+
+
+def _wave_order(value):
+    text = _text(value)
+    return text.lower() if text.lower() in ("smallest", "name") else (
+        _single_query(text))
+
+
+def _fraction(value):
+    """``10%`` or ``0.1``: a fraction from 0 to 1."""
+    text = str(value).strip()
+    number = _finite(text[:-1]) / 100 if text.endswith("%") else _finite(
+        text)
+    if not 0 <= number <= 1:
+        raise ValueError("expected a rate from 0 to 1, or a percentage")
+    return number
+
+
+def _non_negative_float(value):
+    number = _finite(value)
+    if number < 0:
+        raise ValueError("must be 0 or more")
+    return number
+
+
 def _role_names(value):
     return tuple(_role_name(name) for name in _aslist_flat(value))
 
@@ -264,6 +293,28 @@ SETTINGS = (
      "the holder."),
     ("workers", _positive_int, 4,
      "Connections migrating tenants side by side."),
+    ("waves", _wave_spec, None,
+     "``upgrade`` migrates the tenants in waves with a gate between "
+     "(:doc:`waves`): sizes such as ``1,5%,25%,rest`` (a number of "
+     "tenants, a percentage of those pending, ``rest``); ``upgrade "
+     "--waves`` overrides it. Unset: no waves."),
+    ("wave_order", _wave_order, "smallest",
+     "The order tenants go into waves: ``smallest`` (schemas by total "
+     "size), ``name``, or an SQL query returning schema names (those it "
+     "returns first, in its order; the others smallest first)."),
+    ("wave_max_failures", _non_negative_int, 0,
+     "A wave with more failed tenants than this halts the run."),
+    ("wave_max_failure_rate", _fraction, None,
+     "A wave whose share of failed tenants is more than this (``10%`` or "
+     "``0.1``) halts the run. Unset: only ``wave_max_failures`` counts."),
+    ("wave_slowdown", _non_negative_float, 5.0,
+     "A wave whose median time per migrated tenant is more than this many "
+     "times wave 1's (0.1 s at least) halts the run; 0 is off."),
+    ("wave_check", _text, None,
+     "The dotted name of a callable taking the migrator and the wave "
+     "(:class:`~pyramid_tenantmigrate.waves.Wave`), called after each wave "
+     "but the last: ``None`` to go on, or a reason to halt (replication "
+     "lag, error rates)."),
     ("replay", _strict_bool, True,
      "Capture each revision once and replay its SQL in every tenant where "
      "that is proven to be what Alembic does; false runs every revision "
@@ -361,6 +412,12 @@ class MigrateSettings:
     fail_fast: bool = False
     lock_wait: float = 0.0
     workers: int = 4
+    waves: tuple = None
+    wave_order: str = "smallest"
+    wave_max_failures: int = 0
+    wave_max_failure_rate: float = None
+    wave_slowdown: float = 5.0
+    wave_check: object = None
     replay: bool = True
     lint_before_upgrade: bool = False
     lint_errors: tuple = ("tenant-locks-shared-table",
@@ -530,11 +587,12 @@ def parse_settings(settings, require_script_location=True,
         )
 
     for name in ("tenant_source", "shared_metadata", "tenant_metadata",
-                 "seed"):
+                 "seed", "wave_check"):
         values[name] = _resolve_dotted(name, values[name])
     for name, takes in (("tenant_source", "takes a connection and returns "
                                           "schema names"),
-                        ("seed", "takes a TenantTask")):
+                        ("seed", "takes a TenantTask"),
+                        ("wave_check", "takes the migrator and a wave")):
         if values[name] is not None and not callable(values[name]):
             raise ConfigurationError(
                 f"setting {PREFIX}{name} must name a callable that {takes}")

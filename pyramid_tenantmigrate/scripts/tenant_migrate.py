@@ -216,6 +216,19 @@ class TenantMigrateCommand:
         p.add_argument("--force", action="store_true",
                        help="upgrade even when lint finds errors "
                             "(tenantmigrate.lint_before_upgrade)")
+        p.add_argument("--waves", metavar="SPEC",
+                       help="tenants in waves of these sizes, e.g. "
+                            "1,5%%,25%%,rest, halting when a wave fails or "
+                            "slows down (default: the tenantmigrate.waves "
+                            "setting); a halted run resumes with the next "
+                            "upgrade")
+        p.add_argument("--canary", action="append", default=[],
+                       metavar="NAME",
+                       help="this tenant goes in the first wave(s) "
+                            "(repeatable, in order)")
+        p.add_argument("--wave-pause", action="store_true",
+                       help="ask on the terminal before each wave after "
+                            "the first")
 
         p = sub.add_parser(
             "lint", help="lint the pending revisions' SQL for lock hazards "
@@ -428,7 +441,27 @@ class TenantMigrateCommand:
             if refused:
                 return refused
         return self._run_report(commands.upgrade, migrator, target or "heads",
-                                create_missing=self.options.create_missing)
+                                create_missing=self.options.create_missing,
+                                waves=self.options.waves,
+                                canaries=tuple(self.options.canary),
+                                confirm_wave=self._wave_pause())
+
+    def _wave_pause(self):
+        """``--wave-pause``: a question on the terminal after each wave but
+        the last; ``None`` without it."""
+        if not self.options.wave_pause:
+            return None
+        if not self.stdin.isatty():
+            raise UsageError("--wave-pause asks on the terminal, but stdin "
+                             "is not one; run it from a terminal, or use "
+                             "tenantmigrate.wave_check to decide in code")
+
+        def confirm(wave):
+            self.err(f"wave {wave.index} done: {len(wave.schemas)} "
+                     f"tenant(s), {len(wave.failures)} failed. Go on with "
+                     "the next wave? [y/N]")
+            return self.stdin.readline().strip().lower() in ("y", "yes")
+        return confirm
 
     def _lint_gate(self, migrator):
         """Exit code 1 when lint finds errors in what upgrade would run
