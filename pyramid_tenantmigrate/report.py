@@ -92,6 +92,12 @@ class BranchReport:
     def failures(self):
         return [r for r in self.results if not r.ok]
 
+    def add(self, part):
+        """Take in a part of the branch run on its own (a pass, a wave)."""
+        self.results.extend(part.results)
+        self.warnings.extend(part.warnings)
+        self.workers = max(self.workers, part.workers)
+
     def counts(self):
         """``{status: number of schemas}``."""
         counts = {}

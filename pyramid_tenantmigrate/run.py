@@ -363,9 +363,7 @@ class Run:
                     plan = self._plan(planner, TENANT, new)
                     part, aborted = self._execute_pass(plan, planner,
                                                        first=passes == 0)
-                    report.results.extend(part.results)
-                    report.warnings.extend(part.warnings)
-                    report.workers = max(report.workers, part.workers)
+                    report.add(part)
                     if aborted or self.report.halted:
                         return report, aborted
                     if part.failures and options.fail_fast:
@@ -407,9 +405,7 @@ class Run:
                                 pending=[schema_plans[name]
                                          for name in wave.schemas])
             part, aborted = self._execute(wave_plan, planner)
-            report.results.extend(part.results)
-            report.warnings.extend(part.warnings)
-            report.workers = max(report.workers, part.workers)
+            report.add(part)
             in_wave = set(wave.schemas)
             wave.results = [r for r in part.results if r.schema in in_wave]
             wave.status = "done"
