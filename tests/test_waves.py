@@ -1,4 +1,5 @@
 """upgrade in waves: canaries first, a gate between waves, resuming."""
+import io
 import json
 
 import sqlalchemy as sa
@@ -251,6 +252,31 @@ def test_confirmation_between_waves(project, db):
     assert asked == [1, 2]
     assert report.halted == ("halted after wave 2 of 3: not confirmed "
                              "(--wave-pause)")
+    assert sorted(at(db, "t3")) == sorted(SMALLEST_FIRST[:2])
+
+
+class Terminal(io.StringIO):
+    """What a person types at a terminal."""
+
+    def isatty(self):
+        return True
+
+
+def test_wave_pause_asks_on_the_terminal(project, db):
+    from pyramid_tenantmigrate.scripts.tenant_migrate import (
+        TenantMigrateCommand,
+    )
+    fleet(project, db)
+    command = TenantMigrateCommand(["tenant-migrate", project.ini, "upgrade",
+                                    "--waves", "1,1,rest", "--wave-pause"])
+    command.stdout, command.stderr = io.StringIO(), io.StringIO()
+    command.stdin = Terminal("y\nn\n")
+
+    assert command.run() == 1
+
+    assert command.stderr.getvalue().count("Go on with the next wave?") == 2
+    assert ("halted after wave 2 of 3: not confirmed"
+            in command.stdout.getvalue())
     assert sorted(at(db, "t3")) == sorted(SMALLEST_FIRST[:2])
 
 
