@@ -20,7 +20,8 @@ Every comparison runs in one transaction that is rolled back at the end:
    database is not up to date"); it is never migrated here;
 2. a scratch schema is created whose name no tenant can have;
 3. for the tenant branch, the scratch schema is migrated to ``tenant@head``
-   through Alembic, as ``alembic upgrade`` would;
+   through Alembic, as ``alembic upgrade`` would (:mod:`.scratch`, which
+   ``doctor`` uses too);
 4. Alembic compares with the scratch schema *alone* on ``search_path``. So a
    reflected tenant table has no schema (as the tenant models), a foreign
    key to a tenant table has no schema, and a foreign key to a shared table
@@ -35,8 +36,6 @@ dialect, once per engine: ``public``. That would fold ``public.accounts``
 into the tenant tables. Comparisons therefore run on a private engine
 whose dialect is told the truth: the default schema is the scratch schema.
 """
-import secrets
-
 from alembic.autogenerate import RevisionContext
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
@@ -46,26 +45,11 @@ from sqlalchemy.pool import NullPool
 from .engine.sql import search_path_sql
 from .environment import AlembicSession
 from .errors import ConfigurationError, NotUpToDate
-from .names import MAX_IDENTIFIER_BYTES, quote_schema, schema_name_problem
-from .plan import (
-    SHARED,
-    TENANT,
-    StepPlanner,
-    branch_has_revisions,
-    branch_heads,
-)
-from .reserved import AUTOGENERATE_PREFIX as SCRATCH_PREFIX
+from .names import quote_schema
+from .plan import SHARED, TENANT, branch_heads
 from .reserved import OWN_TABLES
+from .scratch import build_scratch, scratch_schema_name
 from .settings import PREFIX
-
-
-def scratch_schema_name():
-    """A fresh scratch schema name: never a tenant's, never reused."""
-    name = SCRATCH_PREFIX + secrets.token_hex(8)
-    if schema_name_problem(name) is None or (
-            len(name.encode("utf-8")) > MAX_IDENTIFIER_BYTES):
-        raise AssertionError(f"unsafe scratch schema name {name!r}")
-    return name
 
 
 def branch_metadata(settings, branch):
@@ -242,19 +226,13 @@ def compare_branch(migrator, branch, revision_context):
             transaction = connection.begin()
             try:
                 require_shared_at_head(migrator, connection)
-                connection.exec_driver_sql(
-                    f"CREATE SCHEMA {quote_schema(scratch)}")
                 if branch == SHARED:
                     schema = settings.shared_schema
+                    connection.exec_driver_sql(
+                        f"CREATE SCHEMA {quote_schema(scratch)}")
                 else:
                     schema = scratch
-                    if branch_has_revisions(migrator.script, TENANT):
-                        connection.exec_driver_sql(search_path_sql(
-                            scratch, settings.extra_search_path))
-                        AlembicSession(migrator, connection, scratch,
-                                       TENANT).run(StepPlanner(
-                                           migrator.script, "upgrade",
-                                           "tenant@head").steps_for(()))
+                    build_scratch(migrator, connection, scratch)
                 comparison = BranchComparison(migrator, branch, scratch,
                                               revision_context)
                 # The dialect's idea of the default schema, which Alembic

@@ -17,7 +17,7 @@ import sys
 from alembic import command as alembic_command
 
 from . import autogenerate as autogen
-from . import spares
+from . import drift, spares
 from .errors import TenantSourceUnavailable, UsageError
 from .plan import (
     DOWNGRADE,
@@ -184,6 +184,23 @@ def current(migrator, tenants=(), exclude_tenants=(), skip_tenants=False):
             script, TENANT, versions, selection.schemas, selection.rejected))
         status.spares = spares.count_spares(migrator, connection)
     return status
+
+
+def doctor(migrator, tenants=(), exclude_tenants=(), shard=None):
+    """Compare every selected tenant's tables with what the migrations
+    build at the tenant's revision (drift: hotfixes made by hand, stale
+    clones, non-transactional work cut short); nothing is changed. Returns
+    a :class:`~pyramid_tenantmigrate.report.DriftReport`, ``ok`` when no
+    tenant differs. ``shard`` is ``(index, count)``, as for ``upgrade``.
+    :mod:`~pyramid_tenantmigrate.drift` tells how."""
+    with migrator.connect() as connection:
+        selection = select_tenants(
+            migrator.discover_tenants(connection), migrator.shared_schema,
+            only=tenants, exclude=exclude_tenants, shard=shard)
+        versions = migrator.read_versions(connection, selection.schemas)
+    positions = branch_status(migrator.script, TENANT, versions,
+                              selection.schemas, selection.rejected)
+    return drift.examine(migrator, positions)
 
 
 def branch_status(script, branch, versions, schemas, rejected=None):

@@ -56,6 +56,11 @@ class NotUpToDate(TenantMigrateError):
     """
 
 
+class CatalogUnreadable(TenantMigrateError):
+    """``doctor`` could not read the tenants' catalog: it kept changing
+    while it was read (tenants dropped or altered meanwhile)."""
+
+
 class TenantExists(UsageError):
     """``create_tenant`` was asked for a schema that already exists.
 

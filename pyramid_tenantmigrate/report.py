@@ -3,7 +3,9 @@
 A :class:`RunReport` holds one :class:`BranchReport` per branch the command
 touched, each with one :class:`SchemaResult` per schema. It renders as text
 for people (:meth:`RunReport.render_text`) and as JSON for CI
-(:meth:`RunReport.to_dict`).
+(:meth:`RunReport.to_dict`). The commands that change nothing report the
+same way: ``current`` a :class:`StatusReport`, ``doctor`` a
+:class:`DriftReport`.
 """
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -407,3 +409,137 @@ def _position(heads, head, behind):
     if behind == 0:
         return ""
     return f" (behind by {behind})"
+
+
+#: ``doctor``: a tenant whose catalog is what its revision builds.
+OK = "ok"
+#: ``doctor``: a tenant whose catalog is not what its revision builds.
+DRIFT = "drift"
+#: ``doctor``: the version table names a revision the scripts lack.
+UNKNOWN_REVISION = "unknown-revision"
+#: ``doctor``: the tenant's revision could not be built to compare with.
+UNCHECKED = "unchecked"
+
+
+@dataclass
+class TenantCheck:
+    """What ``doctor`` found in one tenant: its ``status``, its
+    ``revision`` (the version table's heads) and how many revisions it is
+    ``behind`` the head, the ``differences`` from what its revision builds
+    (dicts, see :func:`~pyramid_tenantmigrate.catalog.compare`), or a
+    ``note`` saying why it could not be checked."""
+
+    schema: str
+    status: str
+    revision: tuple = ()
+    behind: int = None
+    differences: list = field(default_factory=list)
+    note: str = None
+
+    def to_dict(self):
+        return {"schema": self.schema, "status": self.status,
+                "revision": list(self.revision), "behind": self.behind,
+                "differences": self.differences, "note": self.note}
+
+
+@dataclass
+class DriftReport:
+    """What ``doctor`` found: one :class:`TenantCheck` per selected tenant,
+    and the names the tenant source gave that are not valid tenant names
+    (``rejected``: name -> reason). ``ok`` when every tenant is as its
+    revision builds it."""
+
+    head: tuple
+    tenants: list = field(default_factory=list)
+    rejected: dict = field(default_factory=dict)
+
+    @property
+    def ok(self):
+        return not self.rejected and all(
+            t.status == OK for t in self.tenants)
+
+    def counts(self):
+        """``{status: number of tenants}``."""
+        counts = {}
+        for tenant in self.tenants:
+            counts[tenant.status] = counts.get(tenant.status, 0) + 1
+        return counts
+
+    def groups(self):
+        """The tenants that are not ok, grouped by what was found: ``[(
+        status, revision, behind, [schema, ...], [line, ...])]``, biggest
+        group first. Drifting tenants at the same revision that differ
+        alike are one group; the lines are their differences, or the
+        note."""
+        groups = {}
+        for tenant in self.tenants:
+            if tenant.status == OK:
+                continue
+            lines = (tuple(d["text"] for d in tenant.differences)
+                     or (tenant.note or "",))
+            key = (tenant.status, tenant.revision, tenant.behind, lines)
+            groups.setdefault(key, []).append(tenant.schema)
+        return sorted(((status, revision, behind, schemas, list(lines))
+                       for (status, revision, behind, lines), schemas
+                       in groups.items()),
+                      key=lambda g: (-len(g[3]), g[0], g[3][0]))
+
+    def to_dict(self):
+        return {
+            "ok": self.ok,
+            "head": list(self.head),
+            "counts": self.counts(),
+            "tenants": [t.to_dict() for t in self.tenants],
+            "groups": [{"status": status, "revision": list(revision),
+                        "tenants": schemas, "differences": lines}
+                       for status, revision, _, schemas, lines
+                       in self.groups()],
+            "rejected": self.rejected,
+        }
+
+    def render_text(self, verbose=False):
+        """Tenants grouped by what was found, then a summary line. Up to
+        5 names and 10 differences a group unless ``verbose`` (or only one
+        tenant was checked)."""
+        verbose = verbose or len(self.tenants) == 1
+        lines = []
+        for status, revision, behind, schemas, found in self.groups():
+            if status in (UNREADABLE, MISSING):
+                at = ""
+            elif behind is None:  # a revision the scripts do not have
+                at = f" at {_revs(revision)}"
+            else:
+                at = (f" at {_revs(revision)}"
+                      + _position(revision, self.head, behind))
+            count = (f"{len(schemas)} tenant"
+                     + ("s" if len(schemas) > 1 else ""))
+            shown = schemas if verbose else schemas[:5]
+            more = "" if len(shown) == len(schemas) else (
+                f", ... (+{len(schemas) - len(shown)})")
+            lines.append(f"{status}: {count}{at}: {', '.join(shown)}{more}")
+            listed = found if verbose else found[:10]
+            lines.extend(f"  {line}" for line in listed)
+            if len(listed) < len(found):
+                lines.append(f"  ... and {len(found) - len(listed)} more "
+                             "(--verbose, or --tenant NAME, lists them all)")
+        lines.extend(f"rejected {name!r}: {reason}"
+                     for name, reason in self.rejected.items())
+        lines.append(self._summary())
+        return "\n".join(lines)
+
+    def _summary(self):
+        if not self.tenants:
+            return "tenants: none checked"
+        counts = self.counts()
+        parts = []
+        for status in (OK, DRIFT, UNCHECKED, UNKNOWN_REVISION, UNREADABLE,
+                       MISSING):
+            if counts.get(status):
+                parts.append(f"{counts[status]} {status}")
+        behind = sum(1 for t in self.tenants if t.status == OK and t.behind)
+        if behind:
+            parts[0] += (f" ({behind} behind the head, each compared with "
+                         "its own revision)")
+        return (f"tenants: {len(self.tenants)} checked against what their "
+                f"revision builds (tenant head {_revs(self.head)}): "
+                + ", ".join(parts))

@@ -23,9 +23,11 @@ OWN_TABLES = (RUNS_TABLE, SPARES_TABLE, STATE_TABLE)
 SPARE_PREFIX = "tenantmigrate_spare_"
 
 #: Scratch schemas: autogenerate compares against one, capture runs
-#: revisions in them. The hyphen makes them names no tenant can have.
+#: revisions in them, doctor builds one per tenant revision it checks. The
+#: hyphen makes them names no tenant can have.
 AUTOGENERATE_PREFIX = "tenantmigrate-autogenerate-"
 CAPTURE_PREFIX = "tenantmigrate-capture-"
+DOCTOR_PREFIX = "tenantmigrate-doctor-"
 
 #: First halves of two-int advisory lock keys, one per kind of lock.
 #: The run lock: held for a whole run, exclusive for ordinary runs,

@@ -372,3 +372,33 @@ def test_two_metadata_objects_and_env_py_filters(project, db):
     assert ("tables in tenantmigrate.shared_metadata need "
             "schema='public' to belong to the shared branch: plans"
             in result.stderr)
+
+
+def test_check_builds_a_history_with_an_autocommit_block(project):
+    """CREATE INDEX CONCURRENTLY in an autocommit block: the scratch
+    schema builds it inside its transaction, as CREATE INDEX (Alembic's
+    own autocommit_block would end that transaction)."""
+    use_models(project, '''
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+notes = sa.Table(
+    "notes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Index("ix_notes_title", "title"))
+''')
+    project.write_revision("shared", "s1", None, "pass")
+    project.write_revision("tenant", "t1", None, """
+        op.create_table("notes",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("title", sa.Text, nullable=False))
+        """)
+    project.write_revision("tenant", "t2", "t1", """
+        with op.get_context().autocommit_block():
+            op.create_index("ix_notes_title", "notes", ["title"],
+                            postgresql_concurrently=True)
+        """)
+    project.run("upgrade", "shared", check=0)
+    result = project.run("check", "--branch", "tenant", check=0)
+    assert result.stdout.strip() == "tenant: no differences"

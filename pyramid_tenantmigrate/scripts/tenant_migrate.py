@@ -156,7 +156,7 @@ class TenantMigrateCommand:
     get_config_loader = staticmethod(_get_config_loader)
     #: Commands that list tenants, and so need the tenant source.
     tenant_commands = frozenset({"upgrade", "downgrade", "stamp", "current",
-                                 "lint"})
+                                 "lint", "doctor"})
     stdout = sys.stdout
     stderr = sys.stderr
 
@@ -255,6 +255,15 @@ class TenantMigrateCommand:
         _add_tenant_selection(p)
         p.add_argument("-v", "--verbose", action="store_true",
                        help="list every tenant")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
+        p = sub.add_parser(
+            "doctor", help="exit 1 if a tenant's tables are not what its "
+            "revision's migrations build (drift)")
+        _add_run_options(p, only=("--tenants-from", "--shard"))
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="name every tenant and every difference")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("args", nargs="*", metavar="var=value")
 
@@ -654,6 +663,21 @@ class TenantMigrateCommand:
         else:
             self.out(status.render_text(verbose=self.options.verbose))
         return 0
+
+    def command_doctor(self, migrator, positionals):
+        from .. import commands
+        from ..tenants import parse_shard
+        self._one_positional(positionals, "argument", False)
+        options = self.options
+        report = commands.doctor(
+            migrator, tenants=tuple(self._tenant_names()),
+            exclude_tenants=tuple(options.exclude_tenant),
+            shard=parse_shard(options.shard) if options.shard else None)
+        if options.json:
+            self.out(json.dumps(report.to_dict(), indent=2))
+        else:
+            self.out(report.render_text(verbose=options.verbose))
+        return 0 if report.ok else 1
 
     def command_fill_spares(self, migrator, positionals):
         from .. import commands

@@ -1,0 +1,551 @@
+"""A schema's catalog as canonical rows, compared for many schemas at once.
+
+``doctor`` compares every tenant's tables with those its migrations build
+in a scratch schema (the *reference*). Reading 10,000 catalogs object by
+object would take minutes, so the server describes each schema with
+canonical rows and does the comparing:
+
+- :func:`read_references` reads a reference: its rows, and its *body*
+  (every row as one line, the lines in a fixed order, as one text);
+- :func:`check_schemas` answers, in one statement for any number of
+  schemas, whether each one's body is its reference's body, and a
+  *shape* (an md5) by which drifting schemas that look alike are grouped;
+- :func:`read_objects` returns the rows of the few schemas that differ,
+  and :func:`compare` tells how, in Python.
+
+A row is ``(kind, name, fields)``, made of names and definitions, never of
+OIDs. Most fields are read straight from the catalog tables, joined for
+all the schemas at once: a column's type is ``format_type``'s, an index is
+its method and key columns (with their operator class, collation and
+order), included columns, options and validity; a primary key or unique
+constraint is its index's columns. Only expressions are written out by
+the server's own functions: defaults (``pg_get_expr``), foreign keys and
+checks (``pg_get_constraintdef``), views, triggers, functions, index
+expressions and predicates. (``pg_get_indexdef`` costs 15-30 us an
+index: at ten indexes a tenant, 1.5 to 3 s for 10,000 tenants, where
+reading the same from ``pg_index`` takes about 0.6 s.)
+
+Definitions are written with ``search_path`` set to ``pg_catalog`` alone,
+so the server qualifies every other name, whatever the session's path:
+``public.accounts``, and the schema's own objects as ``tenant_a.notes`` in
+the tenant and ``"tenantmigrate-doctor-…".notes`` in the reference. So a
+tenant matches when its body is the reference's with the reference's
+qualifier (``"tenantmigrate-doctor-…".``, a random name that occurs nowhere
+else) replaced by the tenant's (``tenant_a.``): exact, however the tenant
+is named, and a foreign key into another tenant's schema still shows.
+(Taking the tenant's own name out of its definitions instead would be
+guesswork: in schema ``a``, ``a.id`` may be a column of the alias ``a``.)
+The shape does take it out, where it follows a space, a bracket, a comma,
+a quote or ``::``: it only groups drifting schemas, one of each group is
+read in full.
+
+Left out: the version table and everything on it, objects that belong to
+an extension, and ``NOT NULL`` constraints (PostgreSQL 18 lists them; the
+column's nullability says the same). See :data:`FIELDS` for what each
+kind of row holds. Not compared: column order, privileges, owners,
+comments, row-level security policies, statistics objects, operator
+class parameters of index columns, which column owns a sequence, and rows
+(sequence values included).
+"""
+import re
+
+from sqlalchemy import text
+
+#: What is compared: the fields of each kind of row, in order.
+FIELDS = {
+    "table": ("kind", "persistence", "row security", "partition key",
+              "inherits", "partition bound"),
+    "view": ("kind", "definition"),
+    "column": ("type", "nullability", "default", "identity", "generated",
+               "collation"),
+    "constraint": ("type", "definition"),
+    "index": ("table", "definition", "state"),
+    "sequence": ("type", "start", "increment", "minimum", "maximum",
+                 "cache", "cycle"),
+    "type": ("kind", "definition"),
+    "trigger": ("definition", "enabled"),
+    "function": ("definition",),
+}
+
+#: The order differences are listed in: a missing table before its
+#: columns, columns before the indexes on them.
+KIND_ORDER = tuple(FIELDS)
+
+#: Characters after which the server writes a qualified name: a space, a
+#: line break, ``(``, ``[``, ``,``, a quote (``'tenant_a.notes_id_seq'
+#: ::regclass``), ``::`` (a cast to the schema's own type), or the start
+#: of a field (the separator).
+_BEFORE_QUALIFIER = (" ", "\n", "\t", "(", "[", ",", "'", ":", "\x1f")
+
+
+def _sql_char(char):
+    if char.isprintable():
+        return "'" + char.replace("'", "''") + "'"
+    return f"chr({ord(char)})"
+
+
+def _unqualified(expression):
+    """SQL for ``expression`` with the schema's qualifier (the
+    ``qualifier`` column of ``t``) taken out where it follows one of
+    :data:`_BEFORE_QUALIFIER`, or starts the text. For sorting and
+    grouping only (see the module docstring)."""
+    sql = f"(chr(31) || ({expression}))"
+    for char in _BEFORE_QUALIFIER:
+        before = _sql_char(char)
+        sql = f"replace({sql}, {before} || t.qualifier, {before})"
+    return f"substr({sql}, 2)"
+
+
+# Each part of the UNION ALL yields (nsp, parent, kind, name, fields):
+# ``parent`` is the table a column, constraint, index, trigger or owned
+# sequence belongs to, so that a missing table is reported once, not with
+# each of its parts (the owner of a sequence is looked up only for
+# ``:details``). It is not in the body: the fields say it. Each catalog
+# table is read once for all the schemas (``relations``: their rows of
+# pg_class), whatever their number.
+_OBJECTS = """
+WITH target AS MATERIALIZED (
+    SELECT n.oid AS nsp, n.nspname AS schema_name,
+           pg_catalog.quote_ident(n.nspname) || '.' AS qualifier
+    FROM unnest(CAST(:schemas AS text[])) AS s(name)
+    JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
+),
+relations AS MATERIALIZED (
+    SELECT t.nsp, t.qualifier, c.oid, c.relname::text AS relname,
+           c.relkind, c.relpersistence, c.relrowsecurity,
+           c.relforcerowsecurity, c.relpartbound, c.relispartition,
+           c.relam, c.reloptions
+    FROM target t
+    JOIN pg_catalog.pg_class c ON c.relnamespace = t.nsp
+    WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'c', 'i', 'I')
+      AND c.relname <> :version_table
+),
+columns AS MATERIALIZED (
+    SELECT t.nsp, t.oid AS relid, t.relname, t.relkind, a.attnum,
+           a.attname, a.atttypid, a.atttypmod, a.attnotnull,
+           a.attidentity, a.attgenerated, a.attcollation
+    FROM relations t
+    JOIN pg_catalog.pg_attribute a
+      ON a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE t.relkind IN ('r', 'p', 'f', 'm')
+),
+index_keys AS MATERIALIZED (
+    SELECT i.indexrelid, string_agg(
+        CASE WHEN k.attnum = 0 THEN '(expression)'
+            ELSE pg_catalog.quote_ident(c.attname) END
+        || CASE WHEN i.indcollation[k.position - 1]
+                     NOT IN (0, coalesce(c.attcollation, 100))
+                THEN ' COLLATE '
+                     || i.indcollation[k.position - 1]::regcollation::text
+                ELSE '' END
+        || CASE WHEN NOT opc.opcdefault
+                THEN ' ' || CASE WHEN opc.opcnamespace =
+                                     'pg_catalog'::regnamespace THEN ''
+                                ELSE (SELECT pg_catalog.quote_ident(nspname)
+                                      FROM pg_catalog.pg_namespace
+                                      WHERE oid = opc.opcnamespace) || '.'
+                                END
+                     || pg_catalog.quote_ident(opc.opcname)
+                ELSE '' END
+        || CASE i.indoption[k.position - 1] & 3
+                WHEN 1 THEN ' DESC NULLS LAST' WHEN 2 THEN ' NULLS FIRST'
+                WHEN 3 THEN ' DESC' ELSE '' END,
+        ', ' ORDER BY k.position) FILTER (WHERE k.position <= i.indnkeyatts)
+        AS keys,
+        string_agg(pg_catalog.quote_ident(c.attname), ', '
+                   ORDER BY k.position)
+            FILTER (WHERE k.position > i.indnkeyatts) AS included
+    FROM relations t
+    JOIN pg_catalog.pg_index i ON i.indrelid = t.oid
+    CROSS JOIN LATERAL unnest(CAST(i.indkey AS int2[]))
+        WITH ORDINALITY AS k(attnum, position)
+    LEFT JOIN columns c ON c.relid = i.indrelid AND c.attnum = k.attnum
+    LEFT JOIN pg_catalog.pg_opclass opc
+      ON opc.oid = i.indclass[k.position - 1]
+    GROUP BY i.indexrelid
+),
+objects AS (
+    SELECT t.nsp, NULL::text AS parent, 'table' AS kind, t.relname AS name,
+           ARRAY[
+               CASE t.relkind WHEN 'r' THEN 'table'
+                   WHEN 'p' THEN 'partitioned table'
+                   ELSE 'foreign table' END,
+               CASE t.relpersistence WHEN 'u' THEN 'unlogged'
+                   ELSE 'logged' END,
+               CASE WHEN t.relforcerowsecurity THEN 'forced'
+                   WHEN t.relrowsecurity THEN 'enabled'
+                   ELSE 'disabled' END,
+               CASE WHEN t.relkind = 'p'
+                   THEN pg_catalog.pg_get_partkeydef(t.oid) END,
+               (SELECT string_agg(i.inhparent::regclass::text, ', '
+                                  ORDER BY i.inhseqno)
+                FROM pg_catalog.pg_inherits i
+                WHERE i.inhrelid = t.oid),
+               CASE WHEN t.relispartition
+                   THEN pg_catalog.pg_get_expr(t.relpartbound, t.oid) END
+           ] AS fields
+    FROM relations t
+    WHERE t.relkind IN ('r', 'p', 'f')
+  UNION ALL
+    SELECT t.nsp, NULL, 'view', t.relname,
+           ARRAY[CASE t.relkind WHEN 'v' THEN 'view'
+                     ELSE 'materialized view' END,
+                 pg_catalog.pg_get_viewdef(t.oid)]
+    FROM relations t
+    WHERE t.relkind IN ('v', 'm')
+  UNION ALL
+    SELECT c.nsp, c.relname, 'column', c.relname || '.' || c.attname,
+           ARRAY[pg_catalog.format_type(c.atttypid, c.atttypmod),
+                 CASE WHEN c.attnotnull THEN 'NOT NULL' ELSE 'NULL' END,
+                 pg_catalog.pg_get_expr(d.adbin, CASE WHEN c.attgenerated
+                     <> '' THEN d.adrelid ELSE 0 END),
+                 CASE c.attidentity WHEN 'a' THEN 'ALWAYS'
+                     WHEN 'd' THEN 'BY DEFAULT' END,
+                 CASE c.attgenerated WHEN 's' THEN 'STORED'
+                     WHEN 'v' THEN 'VIRTUAL' END,
+                 CASE WHEN c.attcollation <> ty.typcollation
+                     THEN c.attcollation::regcollation::text END]
+    FROM columns c
+    JOIN pg_catalog.pg_type ty ON ty.oid = c.atttypid
+    LEFT JOIN pg_catalog.pg_attrdef d
+      ON d.adrelid = c.relid AND d.adnum = c.attnum
+    WHERE c.relkind IN ('r', 'p', 'f')
+  UNION ALL
+    SELECT t.nsp, t.relname, 'constraint', t.relname || '.' || k.conname,
+           ARRAY[CASE k.contype WHEN 'p' THEN 'primary key'
+                     WHEN 'u' THEN 'unique' WHEN 'f' THEN 'foreign key'
+                     WHEN 'c' THEN 'check' WHEN 'x' THEN 'exclusion'
+                     ELSE k.contype::text END,
+                 CASE WHEN k.contype IN ('p', 'u') THEN
+                     CASE k.contype WHEN 'p' THEN 'PRIMARY KEY ('
+                         ELSE 'UNIQUE (' END || ik.keys || ')'
+                     || coalesce(' INCLUDE (' || ik.included || ')', '')
+                     || CASE WHEN k.condeferrable THEN ' DEFERRABLE'
+                         ELSE '' END
+                     || CASE WHEN k.condeferred THEN ' INITIALLY DEFERRED'
+                         ELSE '' END
+                 ELSE pg_catalog.pg_get_constraintdef(k.oid) END]
+    FROM relations t
+    JOIN pg_catalog.pg_constraint k ON k.conrelid = t.oid
+    LEFT JOIN index_keys ik
+      ON ik.indexrelid = k.conindid AND k.contype IN ('p', 'u')
+    WHERE k.contype <> 'n'
+  UNION ALL
+    SELECT t.nsp, t.relname, 'index', ic.relname,
+           ARRAY[t.relname,
+                 CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END
+                 || am.amname || ' (' || ik.keys || ')'
+                 || coalesce(' INCLUDE (' || ik.included || ')', '')
+                 || coalesce(' EXPRESSIONS ' || pg_catalog.pg_get_expr(
+                        i.indexprs, i.indrelid), '')
+                 || CASE WHEN i.indnullsnotdistinct
+                     THEN ' NULLS NOT DISTINCT' ELSE '' END
+                 || coalesce(' WITH (' || array_to_string(ic.reloptions,
+                                                         ', ') || ')', '')
+                 || coalesce(' WHERE ' || pg_catalog.pg_get_expr(
+                        i.indpred, i.indrelid), ''),
+                 CASE WHEN i.indisvalid THEN 'valid' ELSE 'invalid' END]
+    FROM relations t
+    JOIN pg_catalog.pg_index i ON i.indrelid = t.oid
+    JOIN relations ic ON ic.oid = i.indexrelid
+    JOIN pg_catalog.pg_am am ON am.oid = ic.relam
+    JOIN index_keys ik ON ik.indexrelid = i.indexrelid
+  UNION ALL
+    SELECT t.nsp, CASE WHEN :details THEN (
+               SELECT owner.relname
+               FROM pg_catalog.pg_depend dep
+               JOIN pg_catalog.pg_class owner ON owner.oid = dep.refobjid
+               WHERE dep.classid = 'pg_catalog.pg_class'::regclass
+                 AND dep.objid = t.oid AND dep.objsubid = 0
+                 AND dep.refclassid = 'pg_catalog.pg_class'::regclass
+                 AND dep.deptype IN ('a', 'i')
+               LIMIT 1) END,
+           'sequence', t.relname,
+           ARRAY[pg_catalog.format_type(s.seqtypid, NULL),
+                 s.seqstart::text, s.seqincrement::text, s.seqmin::text,
+                 s.seqmax::text, s.seqcache::text,
+                 CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END]
+    FROM relations t
+    JOIN pg_catalog.pg_sequence s ON s.seqrelid = t.oid
+    WHERE t.relkind = 'S'
+  UNION ALL
+    SELECT t.nsp, NULL, 'type', ty.typname,
+           ARRAY[CASE ty.typtype WHEN 'e' THEN 'enum'
+                     WHEN 'd' THEN 'domain' WHEN 'r' THEN 'range'
+                     ELSE 'composite' END,
+                 CASE ty.typtype
+                 WHEN 'e' THEN (
+                     SELECT array_agg(e.enumlabel
+                                      ORDER BY e.enumsortorder)::text
+                     FROM pg_catalog.pg_enum e
+                     WHERE e.enumtypid = ty.oid)
+                 WHEN 'd' THEN
+                     pg_catalog.format_type(ty.typbasetype, ty.typtypmod)
+                     || CASE WHEN ty.typnotnull THEN ' NOT NULL' ELSE '' END
+                     || coalesce(' DEFAULT ' || pg_catalog.pg_get_expr(
+                            ty.typdefaultbin, 0), '')
+                     || coalesce((
+                         SELECT string_agg(' CONSTRAINT '
+                             || pg_catalog.quote_ident(k.conname) || ' '
+                             || pg_catalog.pg_get_constraintdef(k.oid),
+                             '' ORDER BY k.conname)
+                         FROM pg_catalog.pg_constraint k
+                         WHERE k.contypid = ty.oid AND k.contype <> 'n'), '')
+                 WHEN 'r' THEN (
+                     SELECT pg_catalog.format_type(r.rngsubtype, NULL)
+                     FROM pg_catalog.pg_range r
+                     WHERE r.rngtypid = ty.oid)
+                 ELSE (
+                     SELECT string_agg(pg_catalog.quote_ident(a.attname)
+                         || ' ' || pg_catalog.format_type(a.atttypid,
+                                                          a.atttypmod),
+                         ', ' ORDER BY a.attnum)
+                     FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = ty.typrelid AND a.attnum > 0
+                       AND NOT a.attisdropped)
+                 END]
+    FROM target t
+    JOIN pg_catalog.pg_type ty ON ty.typnamespace = t.nsp
+    WHERE (ty.typtype IN ('e', 'd', 'r')
+           OR ty.typrelid IN (SELECT oid FROM relations
+                              WHERE relkind = 'c'))
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_catalog.pg_depend dep
+          WHERE dep.classid = 'pg_catalog.pg_type'::regclass
+            AND dep.objid = ty.oid AND dep.deptype = 'e')
+  UNION ALL
+    SELECT t.nsp, t.relname, 'trigger', t.relname || '.' || tg.tgname,
+           ARRAY[pg_catalog.pg_get_triggerdef(tg.oid),
+                 CASE tg.tgenabled WHEN 'D' THEN 'disabled'
+                     WHEN 'R' THEN 'replica only' WHEN 'A' THEN 'always'
+                     ELSE 'enabled' END]
+    FROM relations t
+    JOIN pg_catalog.pg_trigger tg
+      ON tg.tgrelid = t.oid AND NOT tg.tgisinternal
+  UNION ALL
+    SELECT t.nsp, NULL, 'function',
+           p.proname || '('
+               || pg_catalog.pg_get_function_identity_arguments(p.oid)
+               || ')',
+           ARRAY[CASE WHEN p.prokind = 'a'
+                     THEN 'aggregate '
+                          || pg_catalog.pg_get_function_result(p.oid)
+                     ELSE pg_catalog.pg_get_functiondef(p.oid) END]
+    FROM target t
+    JOIN pg_catalog.pg_proc p ON p.pronamespace = t.nsp
+    WHERE NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_depend dep
+        WHERE dep.classid = 'pg_catalog.pg_proc'::regclass
+          AND dep.objid = p.oid AND dep.deptype = 'e')
+)"""
+
+# A schema's body: one line per row, its fields joined by the unit
+# separator (NULL: the record separator), so that putting one qualifier
+# for another in a body changes nothing else (an array's text form would
+# quote a field with a '"' in it). Sorted by kind, then name without the
+# schema's qualifier (a function's argument types carry it), in the C
+# collation: the same order in the reference and in each tenant.
+_BODIES = _OBJECTS + f""",
+bodies AS MATERIALIZED (
+    SELECT t.schema_name, t.qualifier, coalesce(string_agg(
+               array_to_string(ARRAY[o.kind, o.name] || o.fields,
+                               chr(31), chr(30)),
+               chr(10) ORDER BY o.kind COLLATE "C",
+               CASE WHEN o.kind = 'function'
+                   THEN {_unqualified('o.name')} ELSE o.name END COLLATE "C",
+               o.name COLLATE "C"), '') AS body
+    FROM target t
+    LEFT JOIN objects o ON o.nsp = t.nsp
+    GROUP BY t.schema_name, t.qualifier
+)"""
+
+_READ_BODIES = text(_BODIES + """
+SELECT schema_name, qualifier, body FROM bodies
+""")
+
+# ``:expected`` holds, for each schema, the position of its reference in
+# ``:reference_bodies`` / ``:reference_qualifiers`` (1-based).
+_CHECK = text(_BODIES + f"""
+SELECT t.schema_name, t.body = w.body AS matches,
+       CASE WHEN t.body <> w.body
+           THEN md5({_unqualified('t.body')}) END AS shape
+FROM bodies t
+JOIN unnest(CAST(:schemas AS text[]), CAST(:expected AS int[]))
+     AS s(name, reference) ON s.name = t.schema_name
+JOIN unnest(CAST(:reference_bodies AS text[]),
+            CAST(:reference_qualifiers AS text[]))
+     WITH ORDINALITY AS r(body, qualifier, reference)
+     ON r.reference = s.reference
+CROSS JOIN LATERAL (
+    SELECT replace(r.body, r.qualifier, t.qualifier) AS body) w
+""")
+
+_ROWS = text(_OBJECTS + """
+SELECT t.schema_name, t.qualifier, o.kind, o.name, o.parent, o.fields
+FROM target t
+LEFT JOIN objects o ON o.nsp = t.nsp
+""")
+
+#: Every definition names objects outside pg_catalog with their schema.
+#: The sorts and hashes of 10,000 schemas' rows fit in memory with more
+#: than the default 4 MB (spilling to disk doubled their time).
+_PATH = "SET LOCAL search_path TO pg_catalog; SET LOCAL work_mem = '64MB'"
+
+
+class SchemaObjects(dict):
+    """One schema's rows: ``{(kind, name): fields}``; ``parents`` maps a
+    row's key to the table it belongs to; ``qualifier`` is the schema's
+    name as the server writes it before an object's (``tenant_a.``)."""
+
+    def __init__(self, qualifier):
+        super().__init__()
+        self.qualifier = qualifier
+        self.parents = {}
+        #: The body (only read for references).
+        self.body = None
+
+    def renamed(self, qualifier):
+        """These rows as the server would write them in the schema whose
+        qualifier is ``qualifier``."""
+        def swap(value):
+            return (value.replace(self.qualifier, qualifier)
+                    if value is not None else None)
+
+        other = SchemaObjects(qualifier)
+        for (kind, name), fields in self.items():
+            key = (kind, swap(name))
+            other[key] = tuple(swap(f) for f in fields)
+            if (kind, name) in self.parents:
+                other.parents[key] = self.parents[kind, name]
+        return other
+
+
+def read_objects(connection, schemas, version_table):
+    """``{schema: SchemaObjects}`` for those of ``schemas`` that exist.
+    Call it in a transaction (it sets ``search_path`` for it)."""
+    connection.exec_driver_sql(_PATH)
+    rows = connection.execute(_ROWS, {
+        "schemas": list(schemas), "version_table": version_table,
+        "details": True})
+    objects = {}
+    for schema, qualifier, kind, name, parent, fields in rows:
+        found = objects.get(schema)
+        if found is None:
+            found = objects[schema] = SchemaObjects(qualifier)
+        if kind is not None:
+            found[kind, name] = tuple(fields)
+            if parent is not None:
+                found.parents[kind, name] = parent
+    return objects
+
+
+def read_references(connection, schemas, version_table):
+    """``{schema: SchemaObjects}`` with each one's ``body``: what
+    :func:`check_schemas` compares other schemas with. Call it in a
+    transaction (it sets ``search_path`` for it)."""
+    objects = read_objects(connection, schemas, version_table)
+    rows = connection.execute(_READ_BODIES, {
+        "schemas": list(schemas), "version_table": version_table,
+        "details": False})
+    for schema, _, body in rows:
+        objects[schema].body = body
+    return objects
+
+
+def check_schemas(connection, expected, version_table):
+    """``{schema: shape}`` for the schemas of ``expected`` (``{schema: a
+    reference from read_references}``) that exist: ``None`` when the
+    schema is what its reference is, else an md5 of its rows without its
+    own name, equal for schemas that differ alike. One statement for all.
+    Call it in a transaction (it sets ``search_path`` for it)."""
+    references = list({id(r): r for r in expected.values()}.values())
+    position = {id(r): index for index, r in enumerate(references, 1)}
+    schemas = list(expected)
+    connection.exec_driver_sql(_PATH)
+    rows = connection.execute(_CHECK, {
+        "schemas": schemas, "version_table": version_table, "details": False,
+        "expected": [position[id(expected[s])] for s in schemas],
+        "reference_bodies": [r.body for r in references],
+        "reference_qualifiers": [r.qualifier for r in references]})
+    return {schema: (None if matches else shape)
+            for schema, matches, shape in rows}
+
+
+#: A field value longer than this (a view's or a function's definition)
+#: is not repeated in a difference's text, only said to differ.
+_SHOWN = 80
+
+MISSING = "missing"
+EXTRA = "extra"
+DIFFERS = "differs"
+
+
+def compare(found, reference):
+    """How the rows ``found`` (a tenant's :class:`SchemaObjects`) differ
+    from ``reference`` (its revision's, as built in a scratch schema): a
+    sorted list of dicts with ``kind``, ``name``, ``problem`` (``missing``,
+    ``extra``, ``differs``), and for ``differs`` the ``field`` with the
+    ``found`` and ``expected`` values; each has its ``text``, one line for
+    people, where the tenant's own name is left out (``notes``, not
+    ``tenant_a.notes``), so that tenants that differ alike read alike.
+
+    The parts of a table that is missing or extra (its columns, indexes,
+    constraints, triggers, owned sequences) are not listed again."""
+    expected = reference.renamed(found.qualifier)
+    differences = []
+    missing_tables = {name for (kind, name) in expected
+                      if kind == "table" and ("table", name) not in found}
+    extra_tables = {name for (kind, name) in found
+                    if kind == "table" and ("table", name) not in expected}
+    for key in expected.keys() - found.keys():
+        if expected.parents.get(key) not in missing_tables:
+            differences.append((key, MISSING, None, None, None))
+    for key in found.keys() - expected.keys():
+        if found.parents.get(key) not in extra_tables:
+            differences.append((key, EXTRA, None, None, None))
+    for key in found.keys() & expected.keys():
+        labels = FIELDS[key[0]]
+        for index, (value, wanted) in enumerate(zip(found[key],
+                                                    expected[key])):
+            if value != wanted:
+                differences.append((key, DIFFERS, labels[index], value,
+                                    wanted))
+    unqualified = _unqualifier(found.qualifier)
+    described = [_describe(unqualified, *difference)
+                 for difference in differences]
+    described.sort(key=lambda d: (KIND_ORDER.index(d["kind"]), d["name"],
+                                  d["text"]))
+    return described
+
+
+def _unqualifier(qualifier):
+    pattern = re.compile(
+        "(^|[" + re.escape("".join(_BEFORE_QUALIFIER)) + "])"
+        + re.escape(qualifier))
+
+    def unqualified(value):
+        return None if value is None else pattern.sub(r"\1", value)
+    return unqualified
+
+
+def _describe(unqualified, key, problem, field, found, expected):
+    kind, name = key[0], unqualified(key[1])
+    difference = {"kind": kind, "name": name, "problem": problem}
+    if problem == MISSING:
+        what = "missing"
+    elif problem == EXTRA:
+        what = "not in the migrations"
+    else:
+        found, expected = unqualified(found), unqualified(expected)
+        difference.update(field=field, found=found, expected=expected)
+        shown = [_shown(found), _shown(expected)]
+        if max(map(len, shown)) > _SHOWN or "\n" in "".join(shown):
+            what = f"{field} differs"
+        else:
+            what = f"{field} {shown[0]}, expected {shown[1]}"
+    difference["text"] = f"{kind} {name}: {what}"
+    return difference
+
+
+def _shown(value):
+    return "none" if value is None else value

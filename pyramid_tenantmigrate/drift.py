@@ -1,0 +1,238 @@
+"""Drift: tenants whose tables are not what their version table says.
+
+A version table says which revisions ran in a schema; it does not say that
+nothing else happened there since: a hotfix made by hand, a clone of a
+schema that had one, a non-transactional revision cut short (an index left
+INVALID by ``CREATE INDEX CONCURRENTLY``). ``doctor`` checks, for the
+tenants :func:`.commands.doctor` selected and whose versions it read:
+
+1. **references** (:func:`build_references`): one scratch schema per
+   distinct revision the tenants are at, brought there by the tenant
+   branch (:mod:`.scratch`), all in one transaction that is rolled back.
+   A tenant is compared with the schema *its own* revision builds, not
+   the head's: a tenant behind the head is not drifting, ``current`` and
+   ``upgrade`` deal with that; one behind *and* changed by hand is;
+2. **one statement per worker** for all the tenants
+   (:func:`.catalog.check_schemas`): the server tells which tenants'
+   catalogs are their reference's, and groups the others by how they look;
+3. **details for the few that differ**: the rows of one tenant per group,
+   compared in Python (:func:`.catalog.compare`).
+
+Nothing is committed, no tenant is locked, and the scratch schemas are
+never seen by another session. A tenant migrated while doctor runs may
+show as drifting (its version was read before its catalog): run doctor
+again after a deploy, not during one.
+"""
+import threading
+
+from sqlalchemy.exc import DBAPIError
+
+from .catalog import check_schemas, compare, read_objects, read_references
+from .engine.sql import timeouts_sql
+from .errors import CatalogUnreadable, DatabaseUnavailable, describe_error
+from .report import (
+    DRIFT,
+    MISSING,
+    OK,
+    UNCHECKED,
+    UNKNOWN_REVISION,
+    UNREADABLE,
+    DriftReport,
+    TenantCheck,
+)
+from .reserved import DOCTOR_PREFIX
+from .scratch import build_scratch, scratch_schema_name
+from .workers import WorkerPool
+
+#: Tenants per worker below which fewer connections check them: each
+#: statement scans the catalog tables once, whatever its share.
+PARALLEL_FROM = 500
+
+#: Reads of the catalog made before giving up (see :func:`read_only`).
+_ATTEMPTS = 3
+
+#: A difference for a tenant whose catalog did not read the same twice.
+CHANGED_MEANWHILE = {
+    "kind": "schema", "name": "", "problem": "changed",
+    "text": "its catalog changed while doctor read it: run doctor again"}
+
+
+def examine(migrator, positions):
+    """Check the tenants of ``positions`` (a
+    :class:`~.report.BranchStatus` of the tenant branch: each tenant's
+    revision, as ``current`` reads it). Returns a
+    :class:`~.report.DriftReport`."""
+    report = DriftReport(head=positions.head,
+                         rejected=dict(positions.rejected))
+    for schema, problem in positions.unreadable.items():
+        report.tenants.append(TenantCheck(schema, UNREADABLE, note=problem))
+    waiting = {}  # heads -> [(schema, behind)]
+    for schema, heads, behind, exists in positions.schemas:
+        if not exists:
+            report.tenants.append(TenantCheck(
+                schema, MISSING, heads, note="the schema does not exist"))
+        elif behind is None:
+            report.tenants.append(TenantCheck(
+                schema, UNKNOWN_REVISION, heads, note=(
+                    "its version table names a revision the migrations "
+                    "do not have")))
+        else:
+            waiting.setdefault(heads, []).append((schema, behind))
+    if not waiting:
+        return report
+    references, failures = build_references(migrator, list(waiting))
+    for heads, error in failures.items():
+        report.tenants.extend(
+            TenantCheck(schema, UNCHECKED, heads, behind, note=(
+                f"the migrations could not build revision "
+                f"{','.join(heads) or 'base'} in a scratch schema: {error}"))
+            for schema, behind in waiting.pop(heads))
+    expected = {schema: references[heads]
+                for heads, tenants in waiting.items()
+                for schema, _ in tenants}
+    differences = check_tenants(migrator, expected)
+    for heads, tenants in waiting.items():
+        for schema, behind in tenants:
+            if schema not in differences:
+                report.tenants.append(TenantCheck(
+                    schema, MISSING, heads, behind,
+                    note="the schema was dropped while doctor ran"))
+            else:
+                found = differences[schema]
+                report.tenants.append(TenantCheck(
+                    schema, DRIFT if found else OK, heads, behind, found))
+    return report
+
+
+def _destination(heads):
+    """What :func:`.scratch.build_scratch` takes for a schema at
+    ``heads``."""
+    return heads[0] if len(heads) == 1 else tuple(heads)
+
+
+def build_references(migrator, revisions):
+    """Build a scratch schema at each of ``revisions`` (tuples of heads;
+    ``()`` is base) and read it. Returns ``({heads: SchemaObjects},
+    {heads: why it could not be built})``.
+
+    Everything happens in one transaction, rolled back at the end, each
+    schema in a savepoint of its own: a revision that fails in a fresh
+    schema only leaves the tenants at that revision unchecked."""
+    settings = migrator.settings
+    scratches, failures = {}, {}
+    with migrator.connect() as connection:
+        transaction = connection.begin()
+        try:
+            # As in a tenant's transaction: a foreign key to a shared table
+            # locks it; waiting long for that lock would queue the app's
+            # writes behind us.
+            connection.exec_driver_sql(timeouts_sql(
+                settings.lock_timeout, settings.statement_timeout))
+            for heads in revisions:
+                scratch = scratch_schema_name(DOCTOR_PREFIX)
+                savepoint = connection.begin_nested()
+                try:
+                    build_scratch(migrator, connection, scratch,
+                                  _destination(heads))
+                except Exception as exc:
+                    savepoint.rollback()
+                    failures[heads] = describe_error(exc)
+                    continue
+                savepoint.commit()
+                scratches[heads] = scratch
+            found = {}
+            if scratches:
+                found = read_references(connection, scratches.values(),
+                                        settings.version_table)
+        finally:
+            transaction.rollback()
+    return ({heads: found[scratch] for heads, scratch in scratches.items()},
+            failures)
+
+
+def check_tenants(migrator, expected):
+    """``{schema: [difference, ...]}`` (empty: as expected) for the
+    schemas of ``expected`` (``{schema: reference}``) that exist: every
+    schema checked on the server (:func:`read_shapes`), then the rows of
+    one schema of each group that differs alike read and compared."""
+    shapes = read_shapes(migrator, expected)
+    groups = {}  # (reference, shape) -> the schema read for the group
+    for schema, shape in shapes.items():
+        if shape is not None:
+            groups.setdefault((id(expected[schema]), shape), schema)
+    found = {}
+    if groups:
+        with migrator.connect() as connection:
+            found = read_only(connection, lambda: read_objects(
+                connection, groups.values(),
+                migrator.settings.version_table))
+    described = {key: compare(found[schema], expected[schema])
+                 if schema in found else []
+                 for key, schema in groups.items()}
+    return {schema: [] if shape is None else (
+                described[id(expected[schema]), shape]
+                or [dict(CHANGED_MEANWHILE)])
+            for schema, shape in shapes.items()}
+
+
+def read_shapes(migrator, expected):
+    """``{schema: None or shape}`` (see :func:`.catalog.check_schemas`)
+    for the schemas of ``expected`` that exist.
+
+    The schemas are split in one batch per worker (``tenantmigrate.workers``
+    connections, :class:`~.workers.WorkerPool`), each checked by one
+    statement: the server's work is describing each object, which backends
+    running side by side share."""
+    schemas = list(expected)
+    workers = max(1, min(migrator.settings.workers,
+                         len(schemas) // PARALLEL_FROM))
+    size = max(1, -(-len(schemas) // workers))
+    batches = [schemas[start:start + size]
+               for start in range(0, len(schemas), size)]
+    shapes = {}
+    guard = threading.Lock()
+
+    def check(connection, batch):
+        found = read_only(connection, lambda: check_schemas(
+            connection, {s: expected[s] for s in batch},
+            migrator.settings.version_table))
+        with guard:
+            shapes.update(found)
+
+    if len(batches) > 1:
+        pool = WorkerPool(lambda: migrator.connect(migrator.run_engine),
+                          len(batches), name="tenantmigrate-doctor")
+        pool.run(batches, lambda worker, batch: check(worker.connection,
+                                                      batch))
+        if pool.aborted:
+            raise pool.connect_error or DatabaseUnavailable(pool.aborted)
+    elif batches:
+        with migrator.connect() as connection:
+            check(connection, batches[0])
+    return shapes
+
+
+def read_only(connection, read):
+    """``read()`` in a read-only transaction on ``connection``, rolled
+    back, tried again when the catalog moved under it.
+
+    The catalog functions read the newest catalog, not the statement's
+    snapshot: a tenant dropped or changed by someone else while the
+    statement runs can make one fail ("cache lookup failed for relation").
+    Reading again sees the catalog as it is then."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            with connection.begin() as transaction:
+                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+                result = read()
+                transaction.rollback()
+            return result
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise DatabaseUnavailable(
+                    "the database went away while doctor read the "
+                    f"catalog: {describe_error(exc)}") from None
+            if attempt == _ATTEMPTS:
+                raise CatalogUnreadable(
+                    f"the catalog could not be read ({_ATTEMPTS} attempts; "
+                    f"was DDL running?): {describe_error(exc)}") from None

@@ -1,0 +1,367 @@
+"""doctor: tenants whose tables are not what their version table says.
+
+A fleet is migrated, then changed by hand the way fleets drift (a hotfix,
+a clone of a schema that had one, a concurrent index build cut short, a
+version stamped over missing work); doctor must name exactly those tenants
+and what differs, compare tenants behind the head with their own revision,
+and leave nothing behind.
+"""
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from pyramid_tenantmigrate import commands, drift
+from pyramid_tenantmigrate.errors import CatalogUnreadable
+
+from .conftest import create_schemas, version_of
+
+
+def write_revisions(project):
+    """s1 (accounts); t1 notes, t2 notes.pinned + index; t3 a table with
+    an enum, a column with a default, a view whose alias is a tenant's
+    name; t4 a unique index built CONCURRENTLY in an autocommit block."""
+    project.write_standard_revisions()
+    project.write_revision("tenant", "t3", "t2", """
+        op.create_table("tags",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("kind", sa.Enum("a", "b", name="tag_kind"),
+                      nullable=False))
+        op.add_column("notes", sa.Column("slug", sa.String(100),
+                                         server_default="x"))
+        op.execute("CREATE VIEW note_titles AS "
+                   "SELECT a.id, a.title FROM notes a")
+        """, """
+        op.execute("DROP VIEW note_titles")
+        op.drop_column("notes", "slug")
+        op.drop_table("tags")
+        op.execute("DROP TYPE tag_kind")
+        """)
+    project.write_revision("tenant", "t4", "t3", """
+        with op.get_context().autocommit_block():
+            op.create_index("ix_notes_title", "notes", ["title"],
+                            unique=True, postgresql_concurrently=True)
+        """, 'op.drop_index("ix_notes_title", table_name="notes")')
+
+
+def in_tenant(db, schema, sql):
+    with db.begin() as connection:
+        connection.exec_driver_sql(f'SET LOCAL search_path TO "{schema}"')
+        connection.exec_driver_sql(sql)
+
+
+#: Drift made by hand, and what doctor must say about it.
+DRIFT = {
+    "tenant_dropped_1": ("ALTER TABLE notes DROP COLUMN slug",
+                         ["column notes.slug: missing"]),
+    # The same hotfix in a second tenant: one group of two.
+    "tenant_dropped_2": ("ALTER TABLE notes DROP COLUMN slug",
+                         ["column notes.slug: missing"]),
+    "tenant_retyped": (
+        "ALTER TABLE notes ALTER COLUMN slug TYPE text",
+        ["column notes.slug: type text, expected character varying(100)"]),
+    "tenant_default": (
+        "ALTER TABLE notes ALTER COLUMN pinned SET DEFAULT true",
+        ["column notes.pinned: default true, expected false"]),
+    "tenant_no_index": ("DROP INDEX ix_notes_pinned",
+                        ["index ix_notes_pinned: missing"]),
+    "tenant_hotfix": ("CREATE TABLE hotfix_tmp (id int PRIMARY KEY, x text)",
+                      ["table hotfix_tmp: not in the migrations"]),
+    "tenant_enum": ("ALTER TYPE tag_kind ADD VALUE 'c'",
+                    ["type tag_kind: definition {a,b,c}, expected {a,b}"]),
+    "tenant_trigger": (
+        "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql "
+        "AS $$BEGIN RETURN NEW; END$$; "
+        "CREATE TRIGGER touch_notes BEFORE UPDATE ON notes "
+        "FOR EACH ROW EXECUTE FUNCTION touch()",
+        ["trigger notes.touch_notes: not in the migrations",
+         "function touch(): not in the migrations"]),
+}
+
+
+@pytest.fixture
+def fleet(project, db):
+    """Tenants at the head, some drifting; tenant_stamped says t4 but
+    holds t2; tenant_old is at t2, as t2 builds it; tenant_old_drift is at
+    t1 with an index of its own; tenant_invalid's unique index was rebuilt
+    CONCURRENTLY over duplicates, and left INVALID."""
+    write_revisions(project)
+    at_head = ["tenant_ok_1", "tenant_ok_2", "tenant_invalid", *DRIFT]
+    older = ["tenant_stamped", "tenant_old", "tenant_old_drift"]
+    create_schemas(db, *at_head, *older)
+    skip = [flag for name in older for flag in ("--exclude-tenant", name)]
+    project.cli("upgrade", *skip, check=0)
+    project.cli("upgrade", "tenant@t2", "--tenant", "tenant_stamped",
+                "--tenant", "tenant_old", check=0)
+    project.cli("upgrade", "tenant@t1", "--tenant", "tenant_old_drift",
+                check=0)
+    project.cli("stamp", "tenant@t4", "--tenant", "tenant_stamped", "--yes",
+                check=0)
+    for schema, (sql, _) in DRIFT.items():
+        in_tenant(db, schema, sql)
+    in_tenant(db, "tenant_old_drift",
+              "CREATE INDEX ix_notes_by_title ON notes (title)")
+    in_tenant(db, "tenant_invalid", "DROP INDEX ix_notes_title; "
+              "INSERT INTO notes (title) VALUES ('same'), ('same')")
+    engine = sa.create_engine(project.database_url,
+                              isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        with pytest.raises(sa.exc.IntegrityError):
+            connection.exec_driver_sql(
+                'CREATE UNIQUE INDEX CONCURRENTLY ix_notes_title '
+                'ON "tenant_invalid".notes (title)')
+    engine.dispose()
+    return project
+
+
+def scratch_schemas(db):
+    with db.connect() as connection:
+        return connection.execute(sa.text(
+            "SELECT nspname FROM pg_namespace "
+            "WHERE nspname LIKE 'tenantmigrate-%'")).scalars().all()
+
+
+def test_doctor_names_exactly_the_drifting_tenants_and_how(fleet, db):
+    report = commands.doctor(fleet.migrator())
+    found = {t.schema: t for t in report.tenants}
+    assert len(found) == 14
+
+    for schema, (_, differences) in DRIFT.items():
+        assert found[schema].status == "drift", schema
+        assert [d["text"] for d in found[schema].differences] == \
+            differences, schema
+    assert [d["text"] for d in found["tenant_stamped"].differences] == [
+        "table tags: missing",
+        "view note_titles: missing",
+        "column notes.slug: missing",
+        "index ix_notes_title: missing",
+        "type tag_kind: missing",
+    ]
+    assert found["tenant_stamped"].revision == ("t4",)
+    assert [d["text"] for d in found["tenant_invalid"].differences] == [
+        "index ix_notes_title: state invalid, expected valid"]
+    # Behind the head: compared with what its own revision builds.
+    assert found["tenant_old"].status == "ok"
+    assert found["tenant_old"].revision == ("t2",)
+    assert found["tenant_old"].behind == 2
+    assert found["tenant_old_drift"].status == "drift"
+    assert [d["text"] for d in found["tenant_old_drift"].differences] == [
+        "index ix_notes_by_title: not in the migrations"]
+    assert {s for s, t in found.items() if t.status == "ok"} == {
+        "tenant_ok_1", "tenant_ok_2", "tenant_old"}
+    assert not report.ok
+
+    difference = found["tenant_retyped"].differences[0]
+    assert difference == {
+        "kind": "column", "name": "notes.slug", "problem": "differs",
+        "field": "type", "found": "text",
+        "expected": "character varying(100)",
+        "text": "column notes.slug: type text, expected character "
+                "varying(100)"}
+    assert scratch_schemas(db) == []
+
+
+def test_cli_groups_identical_drift_and_exits_1(fleet, db):
+    result = fleet.cli("doctor", check=1)
+    out = result.stdout
+    assert ("drift: 2 tenants at t4 (head): tenant_dropped_1, "
+            "tenant_dropped_2\n  column notes.slug: missing\n") in out
+    assert ("drift: 1 tenant at t1 (behind by 3): tenant_old_drift\n"
+            "  index ix_notes_by_title: not in the migrations") in out
+    assert ("drift: 1 tenant at t4 (head): tenant_hotfix\n"
+            "  table hotfix_tmp: not in the migrations") in out
+    assert out.rstrip().endswith(
+        "tenants: 14 checked against what their revision builds (tenant "
+        "head t4): 3 ok (1 behind the head, each compared with its own "
+        "revision), 11 drift")
+    assert "tenant_ok_1" not in out
+    assert result.stderr == ""
+    assert scratch_schemas(db) == []
+
+
+def test_json(fleet):
+    result = fleet.cli("doctor", "--json", check=1)
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    assert document["head"] == ["t4"]
+    assert document["counts"] == {"ok": 3, "drift": 11}
+    tenants = {t["schema"]: t for t in document["tenants"]}
+    assert tenants["tenant_ok_1"] == {
+        "schema": "tenant_ok_1", "status": "ok", "revision": ["t4"],
+        "behind": 0, "differences": [], "note": None}
+    assert tenants["tenant_default"]["differences"] == [{
+        "kind": "column", "name": "notes.pinned", "problem": "differs",
+        "field": "default", "found": "true", "expected": "false",
+        "text": "column notes.pinned: default true, expected false"}]
+    groups = document["groups"]
+    assert groups[0] == {
+        "status": "drift", "revision": ["t4"],
+        "tenants": ["tenant_dropped_1", "tenant_dropped_2"],
+        "differences": ["column notes.slug: missing"]}
+    assert sum(len(g["tenants"]) for g in groups) == 11
+
+
+def test_one_tenant_full_diff_and_selection(fleet):
+    result = fleet.cli("doctor", "--tenant", "tenant_stamped", check=1)
+    assert result.stdout.splitlines() == [
+        "drift: 1 tenant at t4 (head): tenant_stamped",
+        "  table tags: missing",
+        "  view note_titles: missing",
+        "  column notes.slug: missing",
+        "  index ix_notes_title: missing",
+        "  type tag_kind: missing",
+        "tenants: 1 checked against what their revision builds (tenant "
+        "head t4): 1 drift",
+    ]
+    fleet.cli("doctor", "--tenant", "tenant_ok_1", "--tenant", "tenant_old",
+              check=0)
+    drifting = [name for name in DRIFT] + ["tenant_stamped",
+                                           "tenant_old_drift",
+                                           "tenant_invalid"]
+    clean = fleet.cli("doctor", *[a for name in drifting
+                                  for a in ("--exclude-tenant", name)],
+                      check=0)
+    assert clean.stdout.strip() == (
+        "tenants: 3 checked against what their revision builds (tenant "
+        "head t4): 3 ok (1 behind the head, each compared with its own "
+        "revision)")
+    listing = fleet.root + "/tenants.txt"
+    with open(listing, "w") as f:
+        f.write("tenant_ok_2\ntenant_enum\n")
+    listed = fleet.cli("doctor", "--tenants-from", listing, check=1)
+    assert "1 ok, 1 drift" in listed.stdout
+    # Shards split the fleet: together they check every tenant once.
+    checked = []
+    for shard in ("1/2", "2/2"):
+        document = json.loads(fleet.cli("doctor", "--shard", shard,
+                                        "--json").stdout)
+        checked += [t["schema"] for t in document["tenants"]]
+    assert sorted(checked) == sorted(
+        t.schema for t in commands.doctor(fleet.migrator()).tenants)
+
+
+def test_a_clean_fleet_exits_0(project, db):
+    write_revisions(project)
+    create_schemas(db, "tenant_a", "tenant_b", "tenant_c")
+    project.cli("upgrade", check=0)
+    project.cli("downgrade", "tenant@t1", "--tenant", "tenant_c", check=0)
+    result = project.cli("doctor", check=0)
+    assert result.stdout.strip() == (
+        "tenants: 3 checked against what their revision builds (tenant "
+        "head t4): 3 ok (1 behind the head, each compared with its own "
+        "revision)")
+    assert json.loads(project.cli("doctor", "--json", check=0).stdout)[
+        "counts"] == {"ok": 3}
+    assert scratch_schemas(db) == []
+
+
+def test_hostile_and_odd_names(project, db):
+    """Names from the tenant source: a keyword (always quoted), one equal
+    to the view's alias (``a.id`` must not be taken for the schema's
+    name), one PostgreSQL would fold (rejected, exit 1), one at an unknown
+    revision, one the source lists but the database lacks."""
+    write_revisions(project)
+    create_schemas(db, "user", "a", "tenant_x", "Tenant_Upper")
+    project.write_ini(**{
+        "tenantmigrate.tenant_schema_prefix": None,
+        "tenantmigrate.tenant_schemas_query":
+            "SELECT unnest(ARRAY['user', 'a', 'tenant_x', 'Tenant_Upper', "
+            "'tenant_gone'])"})
+    project.cli("upgrade", "--exclude-tenant", "tenant_gone", check=1)
+    assert version_of(db, "a") == ["t4"]
+    in_tenant(db, "tenant_x", "UPDATE alembic_version SET version_num = "
+              "'zzz'")
+    in_tenant(db, "user", "ALTER TABLE notes ADD COLUMN extra int")
+
+    result = project.cli("doctor", "--json", check=1)
+    document = json.loads(result.stdout)
+    tenants = {t["schema"]: t for t in document["tenants"]}
+    assert tenants["a"]["status"] == "ok"
+    assert tenants["user"]["status"] == "drift"
+    assert [d["text"] for d in tenants["user"]["differences"]] == [
+        "column notes.extra: not in the migrations"]
+    assert tenants["tenant_x"]["status"] == "unknown-revision"
+    assert tenants["tenant_gone"]["status"] == "missing"
+    assert list(document["rejected"]) == ["Tenant_Upper"]
+
+    text = project.cli("doctor", check=1).stdout
+    assert "rejected 'Tenant_Upper': use lower-case ASCII letters" in text
+    assert ("unknown-revision: 1 tenant at zzz: tenant_x\n  its version "
+            "table names a revision the migrations do not have") in text
+    assert "missing: 1 tenant: tenant_gone\n  the schema does not exist" in (
+        text)
+    assert scratch_schemas(db) == []
+
+
+def test_a_revision_that_cannot_be_built_leaves_its_tenants_unchecked(
+        project, db):
+    write_revisions(project)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.cli("upgrade", check=0)
+    project.cli("downgrade", "tenant@t2", "--tenant", "tenant_b", check=0)
+    # t3 now fails in a fresh schema (a data migration needing rows, say).
+    project.write_revision("tenant", "t3", "t2", """
+        op.execute("SELECT 1/0")
+        """)
+    report = commands.doctor(project.migrator())
+    found = {t.schema: t for t in report.tenants}
+    assert found["tenant_b"].status == "ok"
+    assert found["tenant_a"].status == "unchecked"
+    assert "could not build revision t4 in a scratch schema" in (
+        found["tenant_a"].note)
+    assert "division by zero" in found["tenant_a"].note
+    assert not report.ok
+    assert scratch_schemas(db) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard", "3/2"], "invalid shard '3/2'"),
+    (["--tenant", "Tenant-A"], "invalid tenant name 'Tenant-A'"),
+    (["--tenant", "tenant_nobody"], "unknown tenant(s): tenant_nobody"),
+    (["--tenants-from", "/nonexistent/list"],
+     "cannot read --tenants-from /nonexistent/list"),
+    (["--workers", "2"], "unrecognized arguments: --workers"),
+    (["tenant_a"], "doctor takes one argument"),
+])
+def test_bad_usage_exits_2_without_traceback(project, db, args, message):
+    write_revisions(project)
+    create_schemas(db, "tenant_a")
+    project.cli("upgrade", check=0)
+    if args == ["tenant_a"]:
+        args = ["tenant_a", "tenant_b"]
+    result = project.cli("doctor", *args, check=2)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") <= 3
+
+
+def test_tenants_split_over_workers_read_the_same(fleet, monkeypatch):
+    """Past PARALLEL_FROM tenants a worker, each worker's connection
+    checks its share in one statement; the outcome is the same."""
+    alone = {t.schema: (t.status, t.differences)
+             for t in commands.doctor(fleet.migrator()).tenants}
+    monkeypatch.setattr(drift, "PARALLEL_FROM", 3)
+    migrator = fleet.migrator(**{"tenantmigrate.workers": "4"})
+    shared = {t.schema: (t.status, t.differences)
+              for t in commands.doctor(migrator).tenants}
+    assert shared == alone
+
+
+def test_a_catalog_read_that_fails_is_read_again(project, db):
+    """The catalog functions may fail when a tenant changes under them:
+    the read is made again, up to three times, then named."""
+    migrator = project.migrator()
+    attempts = []
+
+    def read(connection, failures):
+        attempts.append(1)
+        divisor = 0 if len(attempts) <= failures else 1
+        return connection.exec_driver_sql(f"SELECT 1 / {divisor}").scalar()
+
+    with migrator.connect() as connection:
+        assert drift.read_only(connection, lambda: read(connection, 2)) == 1
+        assert len(attempts) == 3
+        attempts.clear()
+        with pytest.raises(CatalogUnreadable, match="division by zero"):
+            drift.read_only(connection, lambda: read(connection, 3))
+        assert len(attempts) == 3
