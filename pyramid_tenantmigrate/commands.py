@@ -207,7 +207,7 @@ def branch_status(script, branch, versions, schemas, rejected=None):
     """Where ``schemas`` of ``branch`` stand (a
     :class:`~.report.BranchStatus`)."""
     head = branch_heads(script, branch)
-    planner = StepPlanner(script, UPGRADE, f"{branch}@head") if head else None
+    planner = StepPlanner(script, UPGRADE, f"{branch}@heads") if head else None
     result = BranchStatus(branch, head, rejected=rejected or {})
     for schema in schemas:
         version = versions[schema]

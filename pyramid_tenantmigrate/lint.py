@@ -210,7 +210,7 @@ def _pending_ranges(script, versions, shared, tenants):
     for branch, schemas in ((SHARED, [shared]), (TENANT, tenants)):
         if not branch_heads(script, branch):
             continue
-        planner = StepPlanner(script, UPGRADE, f"{branch}@head")
+        planner = StepPlanner(script, UPGRADE, f"{branch}@heads")
         longest = ((), ())
         for schema in schemas:
             version = versions[schema]
@@ -246,7 +246,7 @@ def _explicit_range(script, rev_range):
 def _schemas_behind(script, branch, versions, schemas):
     """revision id -> schemas that will still run it on the way to the
     branch's head."""
-    planner = StepPlanner(script, UPGRADE, f"{branch}@head")
+    planner = StepPlanner(script, UPGRADE, f"{branch}@heads")
     behind = {}
     for schema in schemas:
         version = versions[schema]

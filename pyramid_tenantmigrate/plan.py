@@ -35,7 +35,7 @@ def branch_heads(script, branch):
     """The revision ids at the head of ``branch``, sorted (empty when the
     branch has no revision yet)."""
     try:
-        revisions = script.revision_map.get_revisions(f"{branch}@head")
+        revisions = script.revision_map.get_revisions(f"{branch}@heads")
     except (CommandError, ResolutionError):
         return ()
     return tuple(sorted(r.revision for r in revisions))
@@ -85,6 +85,13 @@ def resolve_destinations(script, operation, target):
 
 def _check_destination(script, branch, destination):
     position = destination.partition("@")[2] or destination
+    heads = branch_heads(script, branch)
+    if position == "head" and len(heads) > 1:
+        # As Alembic: which head is meant is not for this tool to guess.
+        raise UsageError(
+            f"the {branch} branch has {len(heads)} heads ({', '.join(heads)})"
+            f": write a merge revision (down_revision = {tuple(heads)!r}), "
+            f"or name one of them ({branch}@{heads[0]})")
     if position in ("head", "heads", "base") or is_relative(destination):
         return  # relative positions are resolved against each schema
     try:

@@ -171,3 +171,23 @@ def test_a_canary_table_survives_everything(ready, db):
     with db.connect() as connection:
         assert connection.execute(sa.text(
             "SELECT to_regclass('public.canary') IS NOT NULL")).scalar()
+
+
+def test_two_heads_on_the_tenant_branch(project, db):
+    project.write_standard_revisions()
+    project.write_revision("tenant", "t3", "t1", """
+        op.add_column("notes", sa.Column("slug", sa.Text))
+        """, 'op.drop_column("notes", "slug")')
+    create_schemas(db, "tenant_a")
+    for args in (("upgrade",), ("upgrade", "tenant"), ("upgrade", "heads")):
+        result = project.cli(*args, check=2)
+        assert ("the tenant branch has 2 heads (t2, t3): write a merge "
+                "revision") in result.stderr
+        assert "Traceback" not in result.stderr
+    # Where tenants stand is still shown: three steps to both heads.
+    current = project.cli("current", check=0).stdout
+    assert "tenant head t2,t3" in current
+    assert "base (behind by 3): 1 (tenant_a)" in current
+    # Naming one head works.
+    project.cli("upgrade", "shared", check=0)
+    project.cli("upgrade", "tenant@t2", check=0)
