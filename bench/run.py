@@ -331,7 +331,7 @@ def bench(args, tool, url, workdir, stamp):
 
     samples = {k: [] for k in (
         "floor_serial", "floor_parallel", "naive_alembic_subset", "upgrade",
-        "noop_upgrade", "current")}
+        "noop_upgrade", "current", "lint")}
     rss = {k: [] for k in ("upgrade", "noop_upgrade", "current")}
     subset = schemas[:args.baseline_tenants]
 
@@ -354,6 +354,16 @@ def bench(args, tool, url, workdir, stamp):
             naive_alembic_upgrade(main_project, url, subset, head))
         expect_versions(url, subset, head, "naive alembic")
         reset(subset)
+
+        # lint (squawk, the lint extra) of the bench revision, as pending
+        # in every tenant: exit 1, its index is built without CONCURRENTLY.
+        log(f"run {i}/{runs}: tenant-migrate lint")
+        run = run_timed([*tool, main_project.ini, "lint"],
+                        cwd=main_project.root)
+        if run.returncode in (0, 1):
+            samples["lint"].append(run.seconds)
+        else:
+            log(f"lint exited {run.returncode}: {run.stderr[-300:]}")
 
         log(f"run {i}/{runs}: tenant-migrate upgrade")
         checkpoint(url)
@@ -459,6 +469,8 @@ def summarize(args, v):
         med["upgrade"] - startup)
     row("noop_upgrade", "no-op upgrade", med["noop_upgrade"])
     row("current", "current", med["current"])
+    if med.get("lint") is not None:
+        row("lint", "lint (1 rev, squawk)", med["lint"])
     row("naive_alembic", "alembic per tenant (baseline)",
         naive_per_tenant * n, naive_per_tenant * 1000,
         note=f"extrapolated from {len(v['subset'])} tenants")
@@ -466,7 +478,7 @@ def summarize(args, v):
                      median_s=startup, per_tenant_ms=None, x_floor=None,
                      x_floor_workers=None))
     for r in rows:
-        if r["key"] in ("upgrade", "noop_upgrade", "current"):
+        if r["key"] in ("upgrade", "noop_upgrade", "current", "lint"):
             r["minus_startup_s"] = r["median_s"] - startup
     provision = dict(
         revisions=len(v["long_project"].history), tenants=args.provision,

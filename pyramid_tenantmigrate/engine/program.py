@@ -18,6 +18,7 @@ from ..plan import heads_after
 from .capture import capture_steps
 
 _ADDS_ENUM_VALUE = re.compile(r"\bADD\s+VALUE\b", re.I)
+_CREATES_TYPE = re.compile(r"\bCREATE\s+TYPE\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,18 @@ def _parts(statements):
     return tuple((block, tuple(sqls)) for block, sqls in parts)
 
 
+def _adds_enum_values_from(captured):
+    """``[i]``: a revision from the i-th on adds an enum value in the
+    transaction."""
+    if captured is None:
+        return []
+    adds = [any(_ADDS_ENUM_VALUE.search(st.sql) and not st.in_block
+                for st in cap.statements) for cap in captured]
+    for index in range(len(adds) - 2, -1, -1):
+        adds[index] = adds[index] or adds[index + 1]
+    return adds
+
+
 def build_program(steps, from_heads, captured=None, operation="upgrade",
                   version_table_ddl=None):
     """A program for ``steps`` from ``from_heads``; ``captured`` (one
@@ -153,13 +166,12 @@ def build_program(steps, from_heads, captured=None, operation="upgrade",
     program_steps = []
     # PostgreSQL does not let an enum value added in the transaction be
     # used when its type was created inside a subtransaction (55P04): no
-    # savepoints in a program that adds enum values in the transaction
-    # (in an autocommit block, the value commits at once). One added
-    # through Alembic fails the same way: the executor then tries the
-    # schema again without savepoints.
-    adds_enum_values = captured is not None and any(
-        _ADDS_ENUM_VALUE.search(statement.sql) and not statement.in_block
-        for cap in captured for statement in cap.statements)
+    # savepoint around a revision creating a type when it or a later one
+    # adds an enum value in the transaction (in an autocommit block, the
+    # value commits at once). One added through Alembic where capture saw
+    # none fails the same way: the executor then tries the schema again
+    # without savepoints.
+    adds_values_from = _adds_enum_values_from(captured)
     for index, step in enumerate(steps):
         heads = heads_after(heads, [step])
         revision = step.revision.revision
@@ -178,7 +190,9 @@ def build_program(steps, from_heads, captured=None, operation="upgrade",
             in_place=(checked and replay is not None
                       and not any(block for block, _ in replay)
                       and not cap.controls_transaction
-                      and not adds_enum_values)))
+                      and not (adds_values_from[index] and any(
+                          _CREATES_TYPE.search(st.sql)
+                          for st in cap.statements)))))
     return Program(tuple(from_heads), heads, tuple(program_steps),
                    version_table_ddl=version_table_ddl, operation=operation)
 
