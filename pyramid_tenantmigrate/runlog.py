@@ -179,8 +179,13 @@ class RunRecord:
         else:
             status = "halted" if report.halted else "failed"
         note = report.aborted or report.halted
+        # A halted run's tenants of waves it never started are left behind
+        # as much as its failures: --retry-failed takes them on too.
+        unfinished = [schema for wave in report.waves
+                      if wave.status == "not-started"
+                      for schema in wave.schemas] if report.halted else None
         return self._complete(status, counts, failures, note, connect,
-                              connection)
+                              connection, unfinished)
 
     def abort(self, reason, connect, connection=None):
         """Complete the row of a run that stopped on an exception."""
@@ -191,14 +196,15 @@ class RunRecord:
                               connection)
 
     def _complete(self, status, counts, failures, note, connect,
-                  connection):
+                  connection, unfinished=None):
         params = {"status": status, "counts": json.dumps(counts),
                   "failures": json.dumps(failures), "note": note,
-                  "id": self.id}
+                  "unfinished": json.dumps(unfinished), "id": self.id}
         statement = text(
             f"UPDATE {self.table} SET finished = now(), heartbeat = now(), "
             "status = :status, counts = CAST(:counts AS jsonb), failures = "
-            "CAST(:failures AS jsonb), note = :note WHERE id = :id")
+            "CAST(:failures AS jsonb), note = :note, unfinished = "
+            "CAST(:unfinished AS jsonb) WHERE id = :id")
         error = None
         for attempt in range(4):
             try:
