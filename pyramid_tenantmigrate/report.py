@@ -36,6 +36,14 @@ def _revs(heads):
     return ",".join(heads) if heads else "base"
 
 
+def count_statuses(items):
+    """``{status: how many of items have it}``, in order of first sight."""
+    counts = {}
+    for item in items:
+        counts[item.status] = counts.get(item.status, 0) + 1
+    return counts
+
+
 @dataclass
 class SchemaResult:
     """The outcome for one schema (the shared one or a tenant)."""
@@ -102,10 +110,7 @@ class BranchReport:
 
     def counts(self):
         """``{status: number of schemas}``."""
-        counts = {}
-        for result in self.results:
-            counts[result.status] = counts.get(result.status, 0) + 1
-        return counts
+        return count_statuses(self.results)
 
     def to_dict(self):
         counts = self.counts()
@@ -460,10 +465,7 @@ class DriftReport:
 
     def counts(self):
         """``{status: number of tenants}``."""
-        counts = {}
-        for tenant in self.tenants:
-            counts[tenant.status] = counts.get(tenant.status, 0) + 1
-        return counts
+        return count_statuses(self.tenants)
 
     def groups(self):
         """The tenants that are not ok, grouped by what was found: ``[(

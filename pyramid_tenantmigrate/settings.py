@@ -145,11 +145,17 @@ def _single_query(value):
 STARTUP_MODES = ("off", "check", "shared", "all")
 
 
-def _startup_mode(value):
-    mode = str(value).strip().lower()
-    if mode not in STARTUP_MODES:
-        raise ValueError("expected one of " + ", ".join(STARTUP_MODES))
-    return mode
+def _one_of(choices):
+    """A converter accepting one of ``choices`` (any case)."""
+    def convert(value):
+        choice = str(value).strip().lower()
+        if choice not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return choice
+    return convert
+
+
+_startup_mode = _one_of(STARTUP_MODES)
 
 
 def _positive_int(value):
@@ -184,11 +190,7 @@ def _tenant_from(value):
 ISOLATION_MODES = ("none", "roles")
 
 
-def _isolation(value):
-    mode = str(value).strip().lower()
-    if mode not in ISOLATION_MODES:
-        raise ValueError("expected one of " + ", ".join(ISOLATION_MODES))
-    return mode
+_isolation = _one_of(ISOLATION_MODES)
 
 
 _ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
-from .report import DONE
+from .report import DONE, count_statuses
 
 #: ``tenantmigrate.wave_order`` values that are not a query.
 ORDERS = ("smallest", "name")
@@ -155,10 +155,7 @@ class Wave:
         return statistics.median(durations) if durations else None
 
     def counts(self):
-        counts = {}
-        for result in self.results:
-            counts[result.status] = counts.get(result.status, 0) + 1
-        return counts
+        return count_statuses(self.results)
 
     def to_dict(self):
         median = self.median_duration
