@@ -148,6 +148,14 @@ def runs(migrator, limit=20):
     :class:`~pyramid_tenantmigrate.runlog.RunRow`. Runs whose process
     ended without recording the outcome are completed first, from the
     database (:func:`~.runlog.reconcile`)."""
+    if migrator.runs_fleet:
+        rows = []
+        for member in migrator.fleet.members():
+            for row in runs(member, limit):
+                row.database = member.database_name
+                rows.append(row)
+        rows.sort(key=lambda row: row.started, reverse=True)
+        return rows[:limit]
     with migrator.connect(migrator.run_engine) as connection:
         connection = connection.execution_options(
             isolation_level="AUTOCOMMIT")
@@ -157,10 +165,16 @@ def runs(migrator, limit=20):
         return recent_runs(connection, migrator.shared_schema, limit)
 
 
-def current(migrator, tenants=(), exclude_tenants=(), skip_tenants=False):
+def current(migrator, tenants=(), exclude_tenants=(), skip_tenants=False,
+            databases=()):
     """Report the shared schema's revision and every tenant's, with how far
     each is behind its branch's head. Returns a
-    :class:`~pyramid_tenantmigrate.report.StatusReport`."""
+    :class:`~pyramid_tenantmigrate.report.StatusReport` (a fleet's: a
+    :class:`~.fleetrun.FleetStatus`, by database; ``databases`` narrows
+    it)."""
+    if migrator.runs_fleet and not skip_tenants:
+        from .fleetrun import fleet_status
+        return fleet_status(migrator, tenants, exclude_tenants, databases)
     script = migrator.script
     status = StatusReport()
     with migrator.connect() as connection:

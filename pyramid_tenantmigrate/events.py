@@ -24,6 +24,12 @@ class _TenantEvent:
         self.request = request
         self.dbsession = dbsession
 
+    @property
+    def database(self):
+        """In a fleet, the name of the database holding the tenant
+        (``connection`` is to it); else ``None``."""
+        return getattr(self.migrator, "database_name", None)
+
 
 class TenantCreated(_TenantEvent):
     """A tenant schema was created and brought to the tenant head.

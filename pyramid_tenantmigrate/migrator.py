@@ -242,9 +242,35 @@ class TenantMigrator:
             connect=lambda: self.connect(self.run_engine),
             workers=workers or self.settings.workers)
 
+    #: The database's name in a fleet; ``None`` for the migrator built
+    #: from the settings (:mod:`.fleet`).
+    database_name = None
+
+    @reify
+    def fleet(self):
+        """The :class:`~.fleet.Fleet` when ``tenantmigrate.databases`` is
+        set, else ``None``."""
+        if self.settings.databases is None:
+            return None
+        from .fleet import Fleet
+        return Fleet(self)
+
+    @property
+    def runs_fleet(self):
+        """Whether commands given this migrator run over every database of
+        a fleet (it is the fleet's, not one member's)."""
+        return self.fleet is not None and self.database_name is None
+
     def discover_tenants(self, connection):
-        """Return the tenant schema names the configured source lists."""
+        """Return the tenant schema names the configured source lists (in
+        a fleet: every database's)."""
+        if self.runs_fleet:
+            return list(self.fleet.all_tenants()[0])
         return discover_tenant_schemas(connection, self.settings)
+
+    def provisioning_lock_engines(self):
+        """Where a run's last pass takes the provisioning lock."""
+        return [self.run_engine]
 
     @reify
     def tenant_directory(self):
@@ -258,3 +284,5 @@ class TenantMigrator:
         for name in ("engine", "run_engine"):
             if name in self.__dict__:
                 self.__dict__[name].dispose()
+        if self.runs_fleet:
+            self.fleet.close()

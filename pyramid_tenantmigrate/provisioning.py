@@ -26,6 +26,7 @@ from .errors import (
     ProvisioningFailed,
     TenantExists,
     TenantNotFound,
+    UsageError,
     describe_error,
     sqlstate,
 )
@@ -58,7 +59,8 @@ def schema_exists(connection, schema):
 
 
 def create_tenant(migrator, name, *, connection=None, dbsession=None,
-                  transaction_manager=None, registry=None, request=None):
+                  transaction_manager=None, registry=None, request=None,
+                  database=None, lock_provisioning=True):
     """Create the tenant schema ``name`` and bring it to the tenant head.
 
     Where it runs, first match wins:
@@ -78,8 +80,29 @@ def create_tenant(migrator, name, *, connection=None, dbsession=None,
     transaction must then be rolled back. With a ``registry`` (or a
     ``request``), :class:`~pyramid_tenantmigrate.events.TenantCreated` is
     sent before returning. Returns the schema name.
+
+    In a fleet (:mod:`.fleet`), the tenant goes to ``database`` or the one
+    the placement policy chooses, and the caller's transaction is the
+    control database's: :mod:`.placement` tells what its commit and its
+    rollback cover. ``lock_provisioning`` false is for that module: the
+    caller already holds the lock.
     """
-    return _where_it_runs(_create, migrator, name, connection, dbsession,
+    if migrator.runs_fleet:
+        from .placement import create_placed_tenant
+        create_placed_tenant(
+            migrator, name, connection=connection, dbsession=dbsession,
+            transaction_manager=transaction_manager, registry=registry,
+            request=request, database=database)
+        return validate_schema_name(name, migrator.shared_schema)
+    if database is not None:
+        raise UsageError("database= is for a fleet: tenantmigrate.databases "
+                         "is not set")
+
+    def work(migrator, schema, connection, registry, request, dbsession):
+        _create(migrator, schema, connection, registry, request, dbsession,
+                lock_provisioning)
+
+    return _where_it_runs(work, migrator, name, connection, dbsession,
                           transaction_manager, registry, request)
 
 
@@ -185,8 +208,10 @@ def _notify(event):
         event.registry.notify(event)
 
 
-def _create(migrator, schema, connection, registry, request, dbsession):
-    _lock_provisioning(migrator, connection)
+def _create(migrator, schema, connection, registry, request, dbsession,
+            lock_provisioning=True):
+    if lock_provisioning:
+        _lock_provisioning(migrator, connection)
     if schema_exists(connection, schema):
         raise TenantExists(schema)
     own_heads = branch_heads(migrator.script, TENANT)

@@ -16,7 +16,14 @@ DRIVER = "psycopg2"
 RUNS_TABLE = "tenantmigrate_runs"
 SPARES_TABLE = "tenantmigrate_spares"
 STATE_TABLE = "tenantmigrate_state"
-OWN_TABLES = (RUNS_TABLE, SPARES_TABLE, STATE_TABLE)
+#: A fleet's placements (which database holds each tenant), on its
+#: control database.
+PLACEMENTS_TABLE = "tenantmigrate_placements"
+#: Sign-ups of a fleet under way: the tenant's schema may exist on its
+#: database before its placement commits (see placement.py).
+INTENTS_TABLE = "tenantmigrate_placement_intents"
+OWN_TABLES = (RUNS_TABLE, SPARES_TABLE, STATE_TABLE, PLACEMENTS_TABLE,
+              INTENTS_TABLE)
 
 #: Spare tenant schemas (see spares.py) are named with this prefix; no
 #: tenant may be.

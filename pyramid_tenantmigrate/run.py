@@ -81,6 +81,7 @@ class RunOptions:
     - ``progress``: told about each branch (``planned(branch, count)``)
       and each schema (``progress(branch, result)``);
     - ``config_uri``: the ini file, for the hints in reports;
+    - ``databases``: in a fleet, only these databases (:mod:`.fleetrun`);
     - ``waves``: ``upgrade`` runs the tenants in waves of these sizes
       (``"1,5%,rest"`` or :func:`.waves.parse_waves`'s tuple; default:
       the setting); ``canaries``: tenants that go first;
@@ -104,6 +105,7 @@ class RunOptions:
     waves: object = None
     canaries: tuple = ()
     confirm_wave: object = None
+    databases: tuple = ()
     #: Set by :func:`run`: the setting's value when not given.
     resolved: bool = field(default=False, repr=False)
 
@@ -159,11 +161,18 @@ class NullProgress:
         pass
 
 
-def run(migrator, operation, target, options=None):
+def run(migrator, operation, target, options=None, before_tenants=None):
     """Plan and execute ``operation`` (upgrade, downgrade or stamp) to
     ``target`` with :class:`RunOptions`; return a
     :class:`~.report.RunReport`. Failed tenants are in the report, not
-    raised."""
+    raised.
+
+    A fleet's migrator runs each database's part (:mod:`.fleetrun`), which
+    returns a :class:`~.fleetrun.FleetReport`; ``before_tenants`` is how
+    it has every part wait for the control database's shared branch."""
+    if migrator.runs_fleet:
+        from .fleetrun import run_fleet
+        return run_fleet(migrator, operation, target, options)
     options = (options or RunOptions()).resolve(migrator.settings)
     start, target = _split_range(target, options.sql)
     destinations = resolve_destinations(migrator.script, operation, target)
@@ -178,14 +187,16 @@ def run(migrator, operation, target, options=None):
                             options.exclude_tenants, options.canaries)
     with RunLock(migrator, operation, wait=options.lock_wait,
                  shard=options.shard) as lock:
-        return Run(migrator, operation, target, options, lock).execute(
-            destinations)
+        return Run(migrator, operation, target, options, lock,
+                   before_tenants).execute(destinations)
 
 
 class Run:
     """One locked run (see the module docstring)."""
 
-    def __init__(self, migrator, operation, target, options, lock):
+    def __init__(self, migrator, operation, target, options, lock,
+                 before_tenants=None):
+        self.before_tenants = before_tenants
         self.migrator = migrator
         self.operation = operation
         self.target = target
@@ -290,6 +301,8 @@ class Run:
             if branch == SHARED:
                 report, aborted = self._shared(destination)
             else:
+                if self.before_tenants is not None:
+                    self.before_tenants()
                 report, aborted = self._tenants(destination)
             self.report.branches.append(report)
             if aborted:
@@ -440,23 +453,24 @@ class Run:
     def _hold_provisioning_lock(self, stack):
         """Wait until no tenant is being created, and keep it so until the
         last pass is done. Returns a problem, or ``None``."""
-        connection = stack.enter_context(
-            self.migrator.connect(self.migrator.run_engine))
-        connection = connection.execution_options(
-            isolation_level="AUTOCOMMIT")
         key = lock_key(self.migrator.shared_schema)
-        connection.exec_driver_sql(
-            f"SET lock_timeout = {PROVISIONING_WAIT * 1000}")
-        try:
+        # In a fleet: the control database's, then this database's.
+        for engine in self.migrator.provisioning_lock_engines():
+            connection = stack.enter_context(self.migrator.connect(engine))
+            connection = connection.execution_options(
+                isolation_level="AUTOCOMMIT")
             connection.exec_driver_sql(
-                f"SELECT pg_advisory_lock({PROVISIONING_LOCK}, {key})")
-        except DBAPIError as exc:
-            if sqlstate(exc) != LOCK_NOT_AVAILABLE:
-                raise
-            return (f"transactions creating tenants did not finish within "
-                    f"{PROVISIONING_WAIT}s, so this run cannot tell that "
-                    "every tenant is at its target; re-run")
-        # Closing the connection lets go of the lock.
+                f"SET lock_timeout = {PROVISIONING_WAIT * 1000}")
+            try:
+                connection.exec_driver_sql(
+                    f"SELECT pg_advisory_lock({PROVISIONING_LOCK}, {key})")
+            except DBAPIError as exc:
+                if sqlstate(exc) != LOCK_NOT_AVAILABLE:
+                    raise
+                return (f"transactions creating tenants did not finish "
+                        f"within {PROVISIONING_WAIT}s, so this run cannot "
+                        "tell that every tenant is at its target; re-run")
+        # Closing the connections lets go of the locks.
         return None
 
     def _record_tenant_head(self, destination):

@@ -243,9 +243,12 @@ class RunRow:
     destinations: dict = None
     unfinished: list = None
     note: str = None
+    #: The fleet database it ran on (``None``: not a fleet).
+    database: str = None
 
     def to_dict(self):
         return {
+            "database": self.database,
             "id": self.id, "command": self.command, "target": self.target,
             "started": self.started.isoformat() if self.started else None,
             "finished": self.finished.isoformat() if self.finished else None,

