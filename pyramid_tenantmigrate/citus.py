@@ -10,10 +10,9 @@ the ``citus`` extension at 12.0 or later; ``on``: required, exit 2
 without it; ``off``) this module makes the tool fit it:
 
 - tenant schemas it creates (``create_tenant``, ``clone_tenant``, spare
-  schemas, ``upgrade --create-missing``) are distributed in the
-  transaction that creates them, before any table is made in them:
-  :func:`distribute_sql`, ``SELECT pg_catalog.citus_schema_distribute(...)``
-  right after ``CREATE SCHEMA``;
+  schemas, ``upgrade --create-missing``) are created as distributed
+  schemas, in the transaction that creates them and before any table is
+  made in them (:func:`create_schema_sql`);
 - each tenant's transaction in a run starts with ``SET LOCAL
   citus.propagate_set_commands = 'local'``, so the ``SET LOCAL`` lock and
   statement timeouts that follow are sent to the worker nodes that hold
@@ -54,7 +53,7 @@ _DETECT = ("SELECT extversion FROM pg_catalog.pg_extension "
            "WHERE extname = 'citus'")
 _SETTINGS = ("SELECT current_setting('citus.shard_replication_factor', "
              "true), current_setting('citus.enable_schema_based_sharding', "
-             "true)")
+             "true), current_setting('citus.propagate_set_commands', true)")
 #: For each qualified name a tenant statement references: does the table
 #: exist, and is it a reference table (pg_dist_partition: partmethod 'n',
 #: repmodel 't', as Citus' own IsReferenceTableByDistParams tells)?
@@ -145,28 +144,48 @@ def enabled(migrator, connection=None):
 PROPAGATE_SET_LOCAL = "SET LOCAL citus.propagate_set_commands = 'local'"
 
 
-def distribute_sql(schema):
-    """Make the just created, still empty ``schema`` a distributed schema.
+#: Around ``CREATE SCHEMA`` of a tenant schema in Citus mode: schema-based
+#: sharding on for that statement only, then as it was. set_config() and
+#: not SET LOCAL: a function call, never sent on to the workers, and the
+#: setting is put back exactly for the rest of the (caller's) transaction.
+SHARDING_ON = (
+    "SELECT set_config('tenantmigrate.saved_schema_sharding', coalesce("
+    "nullif(current_setting('citus.enable_schema_based_sharding', true), "
+    "''), 'off'), true)",
+    "SELECT set_config('citus.enable_schema_based_sharding', 'on', true)")
+SHARDING_BACK = (
+    "SELECT set_config('citus.enable_schema_based_sharding', "
+    "current_setting('tenantmigrate.saved_schema_sharding'), true)")
 
-    ``citus_schema_distribute`` works inside a transaction block: Citus'
-    regression tests run it between BEGIN and COMMIT (and ROLLBACK, which
-    leaves a regular schema): citus_schema_distribute_undistribute.sql. It
-    is called, rather than ``SET LOCAL citus.enable_schema_based_sharding
-    = on`` before ``CREATE SCHEMA``, because it does not depend on how the
-    GUC is set for the rest of the caller's transaction (a request's), and
-    on a schema already distributed (the GUC on for the whole cluster) it
-    only notices "already distributed".
+
+def create_schema_sql(schema, citus):
+    """The statements creating the tenant schema ``schema``: in Citus mode
+    as a distributed schema, empty, in the transaction they run in.
+
+    With ``citus.enable_schema_based_sharding`` on, Citus registers a
+    schema created by ``CREATE SCHEMA`` as a distributed schema, and every
+    table created in it later in the transaction becomes a single-shard
+    table of its colocation group; rolled back, nothing of it remains.
+    Citus' regression test runs exactly that inside BEGIN ... COMMIT and
+    BEGIN ... ROLLBACK (schema_based_sharding.sql, tenant_7 and tenant_8),
+    which is why this route is taken rather than ``SELECT
+    citus_schema_distribute(...)`` after ``CREATE SCHEMA``: that function
+    is tested in a transaction block too
+    (citus_schema_distribute_undistribute.sql), but only on a schema that
+    existed before the transaction. The setting is put back right after:
+    a later ``CREATE SCHEMA`` of the caller's transaction is left alone.
     """
-    from .engine.sql import quote_literal
-    return (f"SELECT pg_catalog.citus_schema_distribute("
-            f"{quote_literal(quote_schema(schema))}::pg_catalog.regnamespace)")
+    create = f"CREATE SCHEMA {quote_schema(schema)}"
+    if not citus:
+        return [create]
+    return [*SHARDING_ON, create, SHARDING_BACK]
 
 
-def distribute_schema(migrator, connection, schema):
-    """After ``CREATE SCHEMA`` on ``connection``, in its transaction:
-    distribute ``schema`` in Citus mode; nothing otherwise."""
-    if enabled(migrator, connection):
-        connection.exec_driver_sql(distribute_sql(schema))
+def create_schema(migrator, connection, schema):
+    """``CREATE SCHEMA`` for a tenant on ``connection``, in its
+    transaction: a distributed schema in Citus mode."""
+    for sql in create_schema_sql(schema, enabled(migrator, connection)):
+        connection.exec_driver_sql(sql)
 
 
 def one_statement_per_query(citus, statements):
@@ -216,6 +235,7 @@ class CitusCheck:
     findings: list = field(default_factory=list)
     unrendered: dict = field(default_factory=dict)
     undecided: bool = False
+    notes: list = field(default_factory=list)
 
     @property
     def errors(self):
@@ -233,7 +253,7 @@ class CitusCheck:
         lines.extend(f"citus: revision {revision} was not checked for "
                      f"Citus: {reason}"
                      for revision, reason in self.unrendered.items())
-        return lines
+        return lines + [f"citus: {note}" for note in self.notes]
 
     def render_text(self):
         lines = []
@@ -343,6 +363,7 @@ class _Context:
     replication_factor: int = 1
     schema_sharding_on: bool = False
     undecided: bool = False
+    propagate: str = None
 
 
 def _referenced_names(sqls):
@@ -361,7 +382,8 @@ def _read_context(migrator, connection, sqls):
     settings the tenants' transactions will see."""
     context = _Context(migrator.shared_schema)
     names = _referenced_names(sqls)
-    factor, sharding = connection.exec_driver_sql(_SETTINGS).one()
+    factor, sharding, context.propagate = connection.exec_driver_sql(
+        _SETTINGS).one()
     try:
         context.replication_factor = int(factor or 1)
     except ValueError:
@@ -560,6 +582,13 @@ def check_steps(migrator, steps, from_heads):
             check.findings.extend(statement_findings(
                 revision.revision, index, statement.sql, context))
     check.undecided = context.undecided
+    if (context.propagate or "").lower() == "local":
+        check.notes.append(
+            "citus.propagate_set_commands is 'local' for the deploy role's "
+            "sessions: Citus then sends a query holding a SET LOCAL to the "
+            "workers whole, and this tool sends some (version reads) "
+            "outside tenant transactions; set it to none for that role "
+            "(the tool sets it in each tenant's transaction)")
     return check
 
 

@@ -2,13 +2,15 @@
 
 Citus cannot be installed here. What stands in for it, in the test
 database only: a ``pg_extension`` row naming ``citus`` (what detection
-reads), and SQL functions with the signatures of Citus' own
-(``citus_schema_distribute(regnamespace)``,
-``create_reference_table(regclass)``) that record their calls, over a
-``pg_dist_partition`` table with the columns the checks read. They stand
-for the absent extension; PostgreSQL itself is real. What is asserted is
-the SQL this package sends (every statement psycopg2 executes, recorded
-by a cursor class set on each new connection) and the calls recorded.
+reads); ``pg_dist_partition`` and ``pg_dist_schema`` tables with the
+columns used; ``create_reference_table(regclass)``, an SQL function of
+Citus' signature recording its call and the reference table; and, for
+Citus' utility hook registering a schema created while
+``citus.enable_schema_based_sharding`` is on, an event trigger doing that
+in ``pg_dist_schema``. They stand for the absent extension; PostgreSQL
+itself is real. What is asserted is the SQL this package sends (every
+statement psycopg2 executes, recorded by a cursor class set on each new
+connection), the calls recorded, and the settings DDL ran with.
 """
 import psycopg2.extensions
 import pytest
@@ -18,6 +20,8 @@ from pyramid_tenantmigrate import clone_tenant, create_tenant
 from pyramid_tenantmigrate.citus import (
     _DETECT,
     PROPAGATE_SET_LOCAL,
+    SHARDING_BACK,
+    SHARDING_ON,
     _Context,
     statement_findings,
 )
@@ -39,13 +43,11 @@ CREATE TABLE pg_catalog.pg_dist_partition (
     partmethod "char" NOT NULL,
     colocationid integer DEFAULT 0 NOT NULL,
     repmodel "char" DEFAULT 'c' NOT NULL);
-CREATE TABLE public.citus_calls (
-    n serial, fn text, arg text, relations int);
-CREATE FUNCTION pg_catalog.citus_schema_distribute(schemaname regnamespace)
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO public.citus_calls (fn, arg, relations)
-    SELECT 'citus_schema_distribute', schemaname::text, count(*)
-    FROM pg_catalog.pg_class WHERE relnamespace = schemaname $$;
+CREATE TABLE pg_catalog.pg_dist_schema (
+    schemaid oid NOT NULL,
+    colocationid integer GENERATED ALWAYS AS IDENTITY,
+    relations integer);
+CREATE TABLE public.citus_calls (n serial, fn text, arg text);
 CREATE FUNCTION pg_catalog.create_reference_table(table_name regclass)
 RETURNS void LANGUAGE sql AS $$
     INSERT INTO pg_catalog.pg_dist_partition (logicalrelid, partmethod,
@@ -53,6 +55,20 @@ RETURNS void LANGUAGE sql AS $$
     VALUES (table_name, 'n', 't');
     INSERT INTO public.citus_calls (fn, arg)
     VALUES ('create_reference_table', table_name::text) $$;
+CREATE FUNCTION public.citus_create_schema() RETURNS event_trigger
+LANGUAGE plpgsql AS $$ BEGIN
+    IF current_setting('citus.enable_schema_based_sharding', true) = 'on'
+    THEN
+        INSERT INTO pg_catalog.pg_dist_schema (schemaid, relations)
+        SELECT c.objid, (SELECT count(*) FROM pg_catalog.pg_class r
+                         WHERE r.relnamespace = c.objid)
+        FROM pg_event_trigger_ddl_commands() c
+        WHERE c.object_type = 'schema';
+    END IF;
+END $$;
+CREATE EVENT TRIGGER citus_create_schema ON ddl_command_end
+    WHEN TAG IN ('CREATE SCHEMA')
+    EXECUTE FUNCTION public.citus_create_schema();
 """
 
 #: What the tenant transactions' DDL ran with (an event trigger): the
@@ -60,15 +76,16 @@ RETURNS void LANGUAGE sql AS $$
 SEEN = """
 CREATE TABLE public.citus_seen (
     n serial, tag text, schema text, propagate text, lock_timeout text,
-    statement_timeout text);
+    statement_timeout text, sharding text);
 CREATE FUNCTION public.citus_seen_ddl() RETURNS event_trigger
 LANGUAGE plpgsql AS $$ BEGIN
     INSERT INTO public.citus_seen (tag, schema, propagate, lock_timeout,
-                                   statement_timeout)
+                                   statement_timeout, sharding)
     SELECT tg_tag, current_schema(),
            current_setting('citus.propagate_set_commands', true),
            current_setting('lock_timeout'),
-           current_setting('statement_timeout');
+           current_setting('statement_timeout'),
+           current_setting('citus.enable_schema_based_sharding', true);
 END $$;
 CREATE EVENT TRIGGER citus_seen ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE', 'CREATE INDEX')
@@ -84,12 +101,16 @@ def install_stand_ins(db, version="12.1-1"):
 def calls(db):
     with db.connect() as connection:
         return [tuple(row) for row in connection.exec_driver_sql(
-            "SELECT fn, arg, relations FROM public.citus_calls ORDER BY n")]
+            "SELECT fn, arg FROM public.citus_calls ORDER BY n")]
 
 
 def distributed(db):
-    return [(arg, relations) for fn, arg, relations in calls(db)
-            if fn == "citus_schema_distribute"]
+    """The distributed schemas, by their names now, as registered:
+    ``(name, relations it held then)``."""
+    with db.connect() as connection:
+        return [tuple(row) for row in connection.exec_driver_sql(
+            "SELECT schemaid::regnamespace::text, relations "
+            "FROM pg_catalog.pg_dist_schema ORDER BY colocationid")]
 
 
 class SentLog(list):
@@ -242,23 +263,25 @@ def test_citus_older_than_12_is_refused_when_on_and_left_alone_in_auto(
     project.write_ini(**{"tenantmigrate.citus": "auto"})
     project.run("upgrade", check=0)
     project.run("create-tenant", "tenant_new", check=0)
-    assert calls(db) == []
+    assert distributed(db) == []
 
 
 # Distributed schemas.
 
-def test_every_tenant_schema_the_tool_creates_is_distributed_empty(
+def test_every_tenant_schema_the_tool_creates_is_a_distributed_schema(
         citus_project, db, sent):
     project = citus_project
     write_revisions(project)
+    with db.begin() as connection:
+        connection.exec_driver_sql(SEEN)
     project.run("upgrade", check=0)
-    assert calls(db) == [("create_reference_table", "accounts", None)]
+    assert calls(db) == [("create_reference_table", "accounts")]
     migrator = project.migrator()
     create_tenant(migrator, "tenant_new")
     clone_tenant(migrator, "tenant_new", "tenant_copy")
     # Spare schemas: distributed when made; a claim renames one, and a
     # renamed distributed schema stays distributed (Citus' regression
-    # tests rename tenant schemas: schema_based_sharding.sql).
+    # test renames tenant schemas: schema_based_sharding.sql).
     project.settings["tenantmigrate.spare_schemas"] = "1"
     project.write_ini()
     project.run("fill-spares", check=0)
@@ -274,17 +297,22 @@ def test_every_tenant_schema_the_tool_creates_is_distributed_empty(
             "SELECT unnest(ARRAY['tenant_new', 'tenant_missing'])"})
     sent.clear()
     project.run("upgrade", "--create-missing", check=0)
-    # Each right after CREATE SCHEMA, before any table: no relation yet.
+    # Registered as it was created, empty; the spare under its new name.
     assert distributed(db) == [("tenant_new", 0), ("tenant_copy", 0),
-                               (spare, 0), ("tenant_missing", 0)]
+                               ("tenant_spare", 0), ("tenant_missing", 0)]
     statements = sent.of_connection_with('CREATE SCHEMA "tenant_missing"')
     created = statements.index('CREATE SCHEMA "tenant_missing"')
-    assert statements[created + 1] == (
-        "SELECT pg_catalog.citus_schema_distribute("
-        "'\"tenant_missing\"'::pg_catalog.regnamespace)")
+    assert statements[created - 2:created + 2] == [
+        *SHARDING_ON, 'CREATE SCHEMA "tenant_missing"', SHARDING_BACK]
     for schema in ("tenant_new", "tenant_copy", "tenant_spare",
                    "tenant_missing"):
         assert version_of(db, schema) == ["t2"], schema
+    # Sharding was on for CREATE SCHEMA only: the tables after it, in the
+    # same transaction, saw it as it was before (off).
+    with db.connect() as connection:
+        assert {row[0] for row in connection.exec_driver_sql(
+            "SELECT sharding FROM public.citus_seen "
+            "WHERE starts_with(schema, 'tenant')")} == {"off"}
     migrator.close()
 
 
@@ -399,6 +427,21 @@ def test_a_reference_table_made_in_the_same_deploy_passes(citus_project, db):
     result = project.run("upgrade", check=0)
     assert version_of(db, "tenant_a") == ["t2"]
     assert "citus:" not in result.stdout
+
+
+def test_propagation_set_for_the_whole_role_is_warned_about(citus_project,
+                                                             db):
+    project = citus_project
+    write_revisions(project, reference=True)
+    create_schemas(db, "tenant_a")
+    database = db.url.database
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            f'ALTER DATABASE "{database}" SET '
+            "citus.propagate_set_commands = 'local'")
+    result = project.run("upgrade", check=0)
+    assert ("citus: citus.propagate_set_commands is 'local' for the deploy "
+            "role's sessions") in result.stdout
 
 
 # The rules, on statements from Citus' regression test

@@ -33,7 +33,7 @@ from sqlalchemy import event
 
 from ..citus import (
     PROPAGATE_SET_LOCAL,
-    distribute_sql,
+    create_schema_sql,
     one_statement_per_query,
 )
 from ..citus import enabled as citus_enabled
@@ -218,9 +218,7 @@ class SchemaRun:
                 "set_config('tenantmigrate.saved_statement_timeout', "
                 "current_setting('statement_timeout'), true)")
         if first and self.create_schema:
-            buffer.append(f"CREATE SCHEMA {quote_schema(self.schema)}")
-            if self.citus:
-                buffer.append(distribute_sql(self.schema))
+            buffer.extend(create_schema_sql(self.schema, self.citus))
         buffer.extend(self._settings_sql())
         buffer.append("SET LOCAL client_min_messages TO notice")
         self.in_transaction = True
