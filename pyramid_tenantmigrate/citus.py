@@ -35,9 +35,6 @@ from dataclasses import dataclass, field
 from .errors import ConfigurationError, TenantSourceUnavailable, UsageError
 from .names import quote_schema
 
-#: The values of ``tenantmigrate.citus``.
-CITUS_MODES = ("auto", "on", "off")
-
 #: Schema-based sharding came with Citus 12.0 (``citus_schema_distribute``
 #: is in citus--11.3-2--12.0-1.sql).
 MIN_CITUS_MAJOR = 12
@@ -45,7 +42,7 @@ MIN_CITUS_MAJOR = 12
 #: Where the rules below come from.
 REGRESS = ("https://github.com/citusdata/citus/blob/main/src/test/regress/"
            "expected/schema_based_sharding.out")
-DOCS_LIMITS = ("https://docs.citusdata.com/en/stable/develop/"
+DOCS_LIMITS = ("https://docs.citusdata.com/en/latest/develop/"
                "reference_workarounds.html#schema-based-sharding-sql-"
                "compatibility")
 
