@@ -15,6 +15,7 @@ import subprocess
 import sysconfig
 from dataclasses import asdict, dataclass, field
 
+from . import citus
 from .errors import TenantMigrateError, UsageError
 from .plan import SHARED, TENANT, UPGRADE, StepPlanner, branch_heads
 from .tenants import select_tenants
@@ -314,6 +315,11 @@ def _lint_revision(squawk, migrator, branch, captured, runs_in, statistics):
                             "lock) and VALIDATE CONSTRAINT in a later "
                             "revision"}, statistics)
                 result.findings.append(finding)
+    if branch == TENANT and citus.enabled(migrator):
+        result.findings.extend(  # what Citus refuses: citus.py
+            Finding(branch=branch, runs_in=result.runs_in, **asdict(f))
+            for f in citus.revision_findings(migrator, captured.revision,
+                                             statements))
     return result
 
 

@@ -169,6 +169,13 @@ class TenantMigrator:
         return Programs(self, replay=self.settings.replay)
 
     @reify
+    def citus(self):
+        """Whether the database runs Citus, found out once
+        (:class:`~.citus.CitusState`)."""
+        from .citus import CitusState
+        return CitusState(self)
+
+    @reify
     def _env_options(self):
         return {}
 

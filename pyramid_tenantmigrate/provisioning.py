@@ -19,6 +19,7 @@ import logging
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from .citus import create_schema
 from .engine.schema import migrate_in_transaction
 from .engine.sql import UNSAFE_NEW_ENUM, quote_literal, tenant_lock_sql
 from .engine.transaction import ScriptFailed
@@ -221,8 +222,7 @@ def _create(migrator, schema, connection, registry, request, dbsession,
         claimed = claim_spare(migrator, connection, schema,
                               heads=newer or own_heads)
         if not claimed:
-            connection.exec_driver_sql(
-                f"CREATE SCHEMA {quote_schema(schema)}")
+            create_schema(migrator, connection, schema)
     except DBAPIError as exc:
         # Another transaction created it since the check above.
         if getattr(exc.orig, "pgcode", None) == _DUPLICATE_SCHEMA:
@@ -334,7 +334,7 @@ def _clone(migrator, source, target, data, connection, registry, request,
     heads = read_schema_versions(connection, [source],
                                  migrator.settings.version_table,
                                  commit=False)[source].heads
-    connection.exec_driver_sql(f"CREATE SCHEMA {quote_schema(target)}")
+    create_schema(migrator, connection, target)
     connection.exec_driver_sql(tenant_lock_sql(target))
     for head in heads:
         try:

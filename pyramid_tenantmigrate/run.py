@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 
 from sqlalchemy.exc import DBAPIError
 
+from .citus import check_before_tenants
+from .citus import check_run as check_citus
 from .engine.execute import execute_branch
 from .errors import TenantSourceUnavailable, UsageError, sqlstate
 from .isolation import grant_tenant_sql, grants_to_app, install_functions
@@ -185,6 +187,7 @@ def run(migrator, operation, target, options=None, before_tenants=None):
     if any(branch == TENANT for branch, _ in destinations):
         check_tenants_early(migrator, options.tenants,
                             options.exclude_tenants, options.canaries)
+    check_citus(migrator, operation, destinations, options)
     with RunLock(migrator, operation, wait=options.lock_wait,
                  shard=options.shard) as lock:
         return Run(migrator, operation, target, options, lock,
@@ -350,6 +353,7 @@ class Run:
         """Passes over the tenants until none is new (module docstring)."""
         migrator, options = self.migrator, self.options
         planner = StepPlanner(migrator.script, self.operation, destination)
+        check_before_tenants(migrator, destination, options, self.report)
         with migrator.connect(migrator.run_engine) as connection:
             install_functions(connection, migrator.settings)
         self._record_tenant_head(destination)

@@ -374,6 +374,12 @@ SETTINGS = (
      "Capture each revision once and replay its SQL in every tenant where "
      "that is proven to be what Alembic does; false runs every revision "
      "through Alembic in each tenant."),
+    ("citus", _one_of(("auto", "on", "off")), "auto",
+     "Citus schema-based sharding (:doc:`citus`): tenant schemas are made "
+     "distributed schemas, timeouts reach the workers, and revisions Citus "
+     "would refuse stop an upgrade before it runs. ``auto``: when the "
+     "database has the citus extension, 12.0 or later; ``on``: required "
+     "(exit 2 without it); ``off``."),
     ("lint_before_upgrade", _strict_bool, False,
      "``tenant-migrate upgrade`` lints the revisions it will run first "
      "(:doc:`lint`) and refuses, exit 1, when one has an error-level "
@@ -496,6 +502,7 @@ class MigrateSettings:
     wave_slowdown: float = 5.0
     wave_check: object = None
     replay: bool = True
+    citus: str = "auto"
     lint_before_upgrade: bool = False
     lint_errors: tuple = ("tenant-locks-shared-table",
                           "require-concurrent-index-creation",

@@ -31,6 +31,12 @@ import contextlib
 
 from sqlalchemy import event
 
+from ..citus import (
+    PROPAGATE_SET_LOCAL,
+    create_schema_sql,
+    one_statement_per_query,
+)
+from ..citus import enabled as citus_enabled
 from ..environment import AlembicSession
 from ..errors import describe_error, sqlstate
 from ..names import quote_schema
@@ -174,6 +180,10 @@ class SchemaRun:
             step.replay is None or step.in_place
             for step in program.steps)
         self.pending_commit = False
+        #: Citus mode (:mod:`..citus`): each statement a query of its own,
+        #: and in a transaction of ours SET LOCAL reaches the workers.
+        self.citus = citus_enabled(migrator, connection)
+        self.propagate = self.citus and own
 
     @property
     def raw(self):
@@ -182,12 +192,18 @@ class SchemaRun:
     # What goes into the buffer, then to the server in one round trip.
 
     def _settings_sql(self, local=True):
-        settings = self.settings
         return [
-            search_path_sql(self.schema, settings.extra_search_path, local),
-            timeouts_sql(settings.lock_timeout, settings.statement_timeout,
-                         local),
+            *([PROPAGATE_SET_LOCAL] if self.propagate and local else []),
+            search_path_sql(self.schema, self.settings.extra_search_path,
+                            local),
+            *self._timeouts_sql(local),
         ]
+
+    def _timeouts_sql(self, local=True):
+        sql = timeouts_sql(self.settings.lock_timeout,
+                           self.settings.statement_timeout, local)
+        # Two SETs of integers: one statement each, in Citus mode.
+        return sql.split("; ") if self.citus else [sql]
 
     def _begin(self, first):
         buffer = self.buffer
@@ -202,7 +218,7 @@ class SchemaRun:
                 "set_config('tenantmigrate.saved_statement_timeout', "
                 "current_setting('statement_timeout'), true)")
         if first and self.create_schema:
-            buffer.append(f"CREATE SCHEMA {quote_schema(self.schema)}")
+            buffer.extend(create_schema_sql(self.schema, self.citus))
         buffer.extend(self._settings_sql())
         buffer.append("SET LOCAL client_min_messages TO notice")
         self.in_transaction = True
@@ -214,8 +230,7 @@ class SchemaRun:
         buffer.append(_NO_TIMEOUT)
         buffer.append(tenant_lock_sql(self.schema, session=session))
         self.session_lock = session
-        buffer.append(timeouts_sql(self.settings.lock_timeout,
-                                   self.settings.statement_timeout))
+        buffer.extend(self._timeouts_sql())
         buffer.append(guard_sql(self.schema, self.settings.version_table,
                                 self.program.from_heads))
         if not self.program.from_heads and self.program.version_table_ddl:
@@ -245,14 +260,17 @@ class SchemaRun:
 
     def _flush(self):
         if self.buffer:
-            sql = ";\n".join(self.buffer) + ";"
+            scripts = one_statement_per_query(self.citus, self.buffer)
             self.buffer = []
-            try:
-                send_script(self.connection, sql)
-            except ScriptFailed as exc:
-                if exc.revision is None:
-                    exc.revision = self.current
-                raise
+            step = None
+            for sql in scripts:
+                try:
+                    step = last_step(send_script(self.connection, sql)) or (
+                        step)
+                except ScriptFailed as exc:
+                    if exc.revision is None:
+                        exc.revision = step or self.current
+                    raise
         if self.pending_commit:
             self.pending_commit = False
             self.raw.commit()
@@ -435,6 +453,10 @@ class SchemaRun:
             self.commits += 1
             end = "ROLLBACK" if body.startswith(("ROLLBACK", "ABORT")) else (
                 "COMMIT")
+            if self.citus:  # not one query: see one_statement_per_query
+                for sql in (end, "BEGIN", *self._settings_sql()):
+                    send_script(self.connection, sql)
+                return "SELECT 1", parameters
             return ";\n".join([end, "BEGIN", *self._settings_sql()]), (
                 parameters)
         if self.in_safe_block:
