@@ -393,9 +393,18 @@ class FleetStatus:
     unplaced: dict = field(default_factory=dict)
 
     @property
+    def branches(self):
+        return [branch for entry in self.databases if entry.status
+                for branch in entry.status.branches]
+
+    @property
     def behind(self):
+        """As :attr:`.StatusReport.behind`; a database that could not be
+        read counts as its shared schema behind (nobody can tell)."""
         return [item for entry in self.databases if entry.status
-                for item in entry.status.behind]
+                for item in entry.status.behind] + [
+            ("shared", f"{entry.name} (unreachable)")
+            for entry in self.databases if entry.problem]
 
     def to_dict(self):
         return {"fleet": True,

@@ -429,3 +429,95 @@ def test_repair_places_a_listed_tenant_found_on_one_database(fleet):
     assert "place it on b" in result.stdout
     project.run("placements", "--repair", check=0)
     assert _placements(fleet)["tenant_1"] == "b"
+
+
+def _wait_for(predicate, timeout=60):
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _at(engine, schemas, revision):
+    try:
+        return sum(version_of(engine, s) == [revision] for s in schemas)
+    except sa.exc.OperationalError:
+        return 0
+
+
+def test_a_cluster_stopped_mid_run_then_a_rerun_completes(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    on_c = [f"tenant_c{i:02}" for i in range(30)]
+    fleet.tenants("a", "tenant_a1", "tenant_a2")
+    fleet.tenants("b", "tenant_b1")
+    fleet.tenants("c", *on_c)
+    project.run("upgrade", check=0)
+    project.write_revision("tenant", "t3", "t2", """
+        op.create_table("runs_of_t3", sa.Column("n", sa.Integer))
+        op.execute("INSERT INTO runs_of_t3 VALUES (1)")
+        op.execute("SELECT pg_sleep(0.2)")
+        """, 'op.drop_table("runs_of_t3")')
+    process = project.start("upgrade", "--workers", "1")
+    try:
+        assert _wait_for(lambda: _at(fleet.engines["c"], on_c, "t3") >= 2)
+        fleet.clusters["c"].stop()
+        out, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if not fleet.clusters["c"].running:
+            fleet.clusters["c"].start()
+    assert process.returncode == 1, out + err
+    assert "database c" in out and "Traceback" not in err
+    for database, schema in [("a", "tenant_a1"), ("a", "tenant_a2"),
+                             ("b", "tenant_b1")]:
+        assert fleet.version(database, schema) == ["t3"]
+        assert _count(fleet.engines[database], schema) == 1
+    fleet.engines["c"].dispose()
+    done_before = _at(fleet.engines["c"], on_c, "t3")
+    assert 2 <= done_before < len(on_c)
+    project.run("upgrade", check=0)
+    for schema in on_c:
+        assert fleet.version("c", schema) == ["t3"]
+        assert _count(fleet.engines["c"], schema) == 1
+
+
+def test_a_sign_up_in_flight_from_old_code_is_waited_for(fleet):
+    from pyramid_tenantmigrate import provisioning
+    project = fleet.project
+    project.write_standard_revisions()
+    _query_source(fleet)
+    project.run("upgrade", check=0)
+    project.run("create-tenant", "tenant_1", check=0)
+    # The app's code, loaded before the deploy: tenant head t2.
+    old_code = project.migrator(**{
+        "tenantmigrate.tenant_schema_prefix": None,
+        "tenantmigrate.tenant_schemas_query": _PLACED_TENANTS})
+    old_code.script.revision_map.heads  # noqa: B018 (loaded now)
+    _counter_revision(project)
+    try:
+        with old_code.engine.connect() as connection:
+            connection.begin()
+            provisioning.create_tenant(old_code, "tenant_late",
+                                       connection=connection,
+                                       database="c")
+            assert fleet.version("c", "tenant_late") == ["t2"]
+            process = project.start("upgrade")
+
+            def waiting():
+                with fleet.engines["a"].connect() as c:
+                    return c.exec_driver_sql(
+                        "SELECT count(*) FROM pg_locks WHERE "
+                        "locktype = 'advisory' AND NOT granted").scalar()
+            assert _wait_for(waiting), process.communicate(timeout=5)
+            connection.commit()
+        out, err = process.communicate(timeout=300)
+    finally:
+        old_code.close()
+    assert process.returncode == 0, out + err
+    assert fleet.version("c", "tenant_late") == ["t3"]
+    assert _count(fleet.engines["c"], "tenant_late") == 1
