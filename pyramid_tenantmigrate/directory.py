@@ -37,6 +37,10 @@ class TenantDirectory:
         # Made here, maybe not committed (nor listed) yet: a request that
         # creates a tenant may scope its session to it at once.
         self._created = {}
+        # In a fleet: {schema: database} as last read, and of those made
+        # here.
+        self._where = {}
+        self._created_where = {}
 
     def check(self, name):
         """Return ``name`` if it is a tenant; raise
@@ -67,19 +71,34 @@ class TenantDirectory:
                     and now - when < self.max_age}
             return name in self._names or name in self._created
 
+    def database_of(self, name):
+        """In a fleet, the database holding the tenant ``name`` (checked
+        with :meth:`check` first), else ``None``."""
+        with self._lock:
+            return self._where.get(name) or self._created_where.get(name)
+
     def _read(self):
         migrator = self.migrator
+        if migrator.runs_fleet:
+            try:
+                self._where = migrator.fleet.all_tenants()[0]
+            except TenantSourceUnavailable:
+                self._where = {}
+            return list(self._where)
         with migrator.engine.connect() as connection:
             try:
                 return discover_tenant_schemas(connection, migrator.settings)
             except TenantSourceUnavailable:
                 return ()  # the shared branch has not made the table yet
 
-    def created(self, name):
-        """A tenant was created here: one from now on (for
-        ``tenant_cache`` seconds until the source lists it)."""
+    def created(self, name, database=None):
+        """A tenant was created here (in a fleet: on ``database``): one
+        from now on (for ``tenant_cache`` seconds until the source lists
+        it)."""
         with self._lock:
             self._created[name] = self._clock()
+            if database is not None:
+                self._created_where[name] = database
 
     def dropped(self, name):
         """A tenant was dropped here: no longer one, from now on."""

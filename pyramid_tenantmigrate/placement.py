@@ -104,6 +104,9 @@ def create_placed_tenant(migrator, name, *, connection=None, dbsession=None,
                       else choose_database(fleet, schema))
         chosen = _create_somewhere(fleet, control, schema, candidates,
                                    registry, request)
+        # The app may scope a session to it at once (a fleet's sessions
+        # are bound to the tenant's database: sessions.py).
+        migrator.tenant_directory.created(schema, database=chosen)
         caller.execute(text(
             f"INSERT INTO {placements_table(settings.shared_schema)} "
             "(schema_name, database) VALUES (:schema, :database)"),

@@ -23,6 +23,8 @@ TENANT_KEY = "tenantmigrate.tenant"
 #: ... and the tenant's role, with ``isolation = roles``.
 ROLE_KEY = "tenantmigrate.tenant_role"
 _LISTENING_KEY = "tenantmigrate.tenant_listener"
+#: The session's own bind, kept while a fleet's tenant binds it elsewhere.
+_BIND_KEY = "tenantmigrate.own_bind"
 
 
 def tenant_execution_options(schema):
@@ -83,6 +85,8 @@ def set_tenant(dbsession, schema, migrator=None):
     """
     migrator = _migrator_for(dbsession, migrator)
     migrator.tenant_directory.check(schema)
+    if migrator.runs_fleet:
+        _bind_to_database(dbsession, migrator, schema)
     settings = migrator.settings
     _switch(dbsession, schema, tenant_role(settings.tenant_role_prefix, schema)
             if uses_roles(settings) else None)
@@ -92,10 +96,32 @@ def set_tenant(dbsession, schema, migrator=None):
     return dbsession
 
 
+def _bind_to_database(dbsession, migrator, schema):
+    """In a fleet, a session scoped to a tenant talks to the tenant's
+    database: bound to that database's engine (the app's own for the
+    control database), before its transaction begins."""
+    fleet = migrator.fleet
+    database = migrator.tenant_directory.database_of(schema)
+    original = dbsession.info.setdefault(_BIND_KEY, dbsession.bind)
+    bind = (original if database in (None, fleet.control)
+            else fleet.database(database).engine)
+    if bind is dbsession.bind:
+        return
+    if dbsession.in_transaction():
+        raise ConfigurationError(
+            f"tenant {schema} is on database {database} of the fleet, but "
+            "the session already began a transaction on another one: "
+            "scope a session to the tenant before using it")
+    dbsession.bind = bind
+
+
 def clear_tenant(dbsession):
     """Scope ``dbsession`` to no tenant again (flushing it and detaching
     its objects, as switching tenants does). Returns ``dbsession``."""
-    return _switch(dbsession, None)
+    _switch(dbsession, None)
+    if (_BIND_KEY in dbsession.info and not dbsession.in_transaction()):
+        dbsession.bind = dbsession.info[_BIND_KEY]
+    return dbsession
 
 
 def _switch(dbsession, schema, role=None):

@@ -521,3 +521,45 @@ def test_a_sign_up_in_flight_from_old_code_is_waited_for(fleet):
     assert process.returncode == 0, out + err
     assert fleet.version("c", "tenant_late") == ["t3"]
     assert _count(fleet.engines["c"], "tenant_late") == 1
+
+
+def test_a_session_scoped_to_a_tenant_talks_to_its_database(fleet):
+    from sqlalchemy.orm import sessionmaker
+
+    from pyramid_tenantmigrate import provisioning
+    from pyramid_tenantmigrate.sessions import clear_tenant, set_tenant
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("b", "tenant_b1")
+    fleet.tenants("c", "tenant_c1")
+    project.run("upgrade", check=0)
+    migrator = project.migrator()
+    app_engine = sa.create_engine(fleet.urls["a"])
+    try:
+        for database, schema in (("b", "tenant_b1"), ("c", "tenant_c1")):
+            with fleet.engines[database].begin() as connection:
+                connection.exec_driver_sql(
+                    f"INSERT INTO {schema}.notes (title) VALUES "
+                    f"('{schema}')")
+        session = sessionmaker(bind=app_engine)()
+        notes = sa.Table("notes", sa.MetaData(), sa.Column("title", sa.Text))
+        for schema in ("tenant_c1", "tenant_b1"):
+            set_tenant(session, schema, migrator)
+            assert session.execute(sa.select(notes.c.title)).scalars(
+                ).all() == [schema]
+            session.commit()
+        clear_tenant(session)
+        assert session.bind is app_engine
+        # Made in this process: known (and where) at once.
+        with app_engine.connect() as connection:
+            connection.begin()
+            provisioning.create_tenant(migrator, "tenant_new",
+                                       connection=connection, database="c")
+            connection.commit()
+        set_tenant(session, "tenant_new", migrator)
+        assert session.execute(sa.select(sa.func.count()).select_from(
+            notes)).scalar() == 0
+        session.close()
+    finally:
+        migrator.close()
+        app_engine.dispose()
