@@ -17,6 +17,7 @@ database holds on each. What the fleet adds:
   schema is behind fails its own tenants, with the reason; the others go
   on. A tenant the source lists that no database holds is reported too.
 """
+import sys
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -126,6 +127,9 @@ class FleetRun:
                 return
             part.problem = _shared_behind(member, self.operation,
                                           self.destinations)
+            if part.problem is None and self.options.sql:
+                (self.options.output or sys.stdout).write(
+                    f"\n-- database {part.name} ({part.url})\n")
             if part.problem is None:
                 part.report = _run_member(
                     member, self.operation, self.target, options,

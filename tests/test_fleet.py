@@ -563,3 +563,56 @@ def test_a_session_scoped_to_a_tenant_talks_to_its_database(fleet):
     finally:
         migrator.close()
         app_engine.dispose()
+
+
+def test_sql_mode_renders_every_database_in_turn(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("b", "tenant_b1")
+    fleet.tenants("c", "tenant_c1")
+    project.run("upgrade", "shared", check=0)
+    result = project.run("upgrade", "--sql", check=0)
+    assert result.stdout.index("tenant_b1") < result.stdout.index(
+        "tenant_c1")
+    assert "-- database b" in result.stdout
+    assert fleet.version("b", "tenant_b1") is None
+
+
+def test_retry_failed_and_a_database_removed_from_the_settings(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    _query_source(fleet)
+    project.run("upgrade", check=0)
+    for database in "abc":
+        project.run("create-tenant", f"tenant_{database}", "--database",
+                    database, check=0)
+    with fleet.engines["b"].begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE tenant_b.marker (x int)")
+    project.write_revision("tenant", "t3", "t2", """
+        op.execute("DO $$ BEGIN IF to_regclass('marker') IS NOT NULL "
+                   "THEN RAISE EXCEPTION 'marked'; END IF; END $$")
+        op.create_table("runs_of_t3", sa.Column("n", sa.Integer))
+        op.execute("INSERT INTO runs_of_t3 VALUES (1)")
+        """, 'op.drop_table("runs_of_t3")')
+    result = project.run("upgrade", "--json", check=1)
+    parts = {d["database"]: d for d in json.loads(result.stdout)[
+        "databases"]}
+    assert parts["a"]["ok"] and parts["c"]["ok"] and not parts["b"]["ok"]
+    assert fleet.version("b", "tenant_b") == ["t2"]
+    with fleet.engines["b"].begin() as connection:
+        connection.exec_driver_sql("DROP TABLE tenant_b.marker")
+    retry = json.loads(project.run("upgrade", "--retry-failed", "--json",
+                                   check=0).stdout)
+    ran = {d["database"]: [s["schema"] for b in (d["report"] or {}).get(
+        "branches", []) if b["branch"] == "tenant" for s in b["schemas"]]
+        for d in retry["databases"]}
+    assert ran["b"] == ["tenant_b"] and ran["a"] == [] and ran["c"] == []
+    for database in "abc":
+        assert fleet.version(database, f"tenant_{database}") == ["t3"]
+        assert _count(fleet.engines[database], f"tenant_{database}") == 1
+    # c leaves the settings; its tenant is reported, not forgotten.
+    project.write_ini(**{"tenantmigrate.databases": "\n".join(
+        f"{name} = {fleet.urls[name]}" for name in "ab")})
+    result = project.run("upgrade", check=1)
+    assert "tenant_c (placed on database 'c'" in result.stdout
+    assert "tenantmigrate.databases does not list" in result.stdout
