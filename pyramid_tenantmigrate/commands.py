@@ -149,12 +149,20 @@ def runs(migrator, limit=20):
     ended without recording the outcome are completed first, from the
     database (:func:`~.runlog.reconcile`)."""
     if migrator.runs_fleet:
-        rows = []
+        # Each database's records; those of one fleet run together, in
+        # the fleet's order of databases, newest run first.
+        names = migrator.fleet.names
+        rows, started = [], {}
         for member in migrator.fleet.members():
             for row in runs(member, limit):
                 row.database = member.database_name
                 rows.append(row)
-        rows.sort(key=lambda row: row.started, reverse=True)
+                group = row.fleet_run or (row.database, row.id)
+                started[group] = max(started.get(group, row.started),
+                                     row.started)
+        rows.sort(key=lambda row: (
+            -started[row.fleet_run or (row.database, row.id)].timestamp(),
+            row.fleet_run or "", names.index(row.database)))
         return rows[:limit]
     with migrator.connect(migrator.run_engine) as connection:
         connection = connection.execution_options(

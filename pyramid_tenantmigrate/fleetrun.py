@@ -19,6 +19,7 @@ database holds on each. What the fleet adds:
 """
 import sys
 import threading
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
@@ -58,6 +59,7 @@ def run_fleet(migrator, operation, target, options):
     report.parts = [
         DatabasePart(name, shown_url_of(fleet, name), tenants=sorted(
             s for s, d in where.items() if d == name)) for name in names]
+    report.fleet_run = run.id
     run.execute(report.parts,
                 sequential=bool(options.sql) or operation == STAMP)
     return report.finish()
@@ -80,6 +82,8 @@ class FleetRun:
         self.progress = (_Serialised(options.progress) if options.progress
                          else None)
         self.control_shared = threading.Event()
+        #: Shared by the run records of its databases.
+        self.id = uuid.uuid4().hex[:12]
 
     def execute(self, parts, sequential):
         """Run every part: side by side, or (``--sql``: a script in
@@ -112,7 +116,7 @@ class FleetRun:
     def part_options(self, name):
         def here(names):
             return tuple(n for n in names if self.where.get(n) == name)
-        return replace(self.options, databases=(),
+        return replace(self.options, databases=(), fleet_run=self.id,
                        tenants=here(self.tenants),
                        canaries=here(self.canaries), workers=self.workers,
                        progress=self.progress)
@@ -285,6 +289,8 @@ class FleetReport:
     started: datetime = field(
         default_factory=lambda: datetime.now(timezone.utc))
     finished: datetime = None
+    #: The id its databases' run records share (``runs`` groups them).
+    fleet_run: str = None
 
     @property
     def ok(self):
@@ -308,6 +314,7 @@ class FleetReport:
 
     def to_dict(self):
         return {"command": self.command, "ok": self.ok, "fleet": True,
+                "fleet_run": self.fleet_run,
                 "started": self.started.isoformat(),
                 "finished": (self.finished.isoformat() if self.finished
                              else None),

@@ -108,6 +108,8 @@ class RunOptions:
     canaries: tuple = ()
     confirm_wave: object = None
     databases: tuple = ()
+    #: Set by a fleet run: the id its databases' run records share.
+    fleet_run: str = None
     #: Set by :func:`run`: the setting's value when not given.
     resolved: bool = field(default=False, repr=False)
 
@@ -264,9 +266,12 @@ class Run:
 
     def _selection(self):
         options = self.options
-        return {"tenants": list(options.tenants) or None,
-                "exclude": list(options.exclude_tenants),
-                "shard": list(options.shard) if options.shard else None}
+        selection = {"tenants": list(options.tenants) or None,
+                     "exclude": list(options.exclude_tenants),
+                     "shard": list(options.shard) if options.shard else None}
+        if options.fleet_run:
+            selection["fleet_run"] = options.fleet_run
+        return selection
 
     def _targets(self, destinations):
         script = self.migrator.script

@@ -246,9 +246,15 @@ class RunRow:
     #: The fleet database it ran on (``None``: not a fleet).
     database: str = None
 
+    @property
+    def fleet_run(self):
+        """The fleet run it was part of (its databases' records share
+        it), or ``None``."""
+        return (self.selection or {}).get("fleet_run")
+
     def to_dict(self):
         return {
-            "database": self.database,
+            "database": self.database, "fleet_run": self.fleet_run,
             "id": self.id, "command": self.command, "target": self.target,
             "started": self.started.isoformat() if self.started else None,
             "finished": self.finished.isoformat() if self.finished else None,

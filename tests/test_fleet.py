@@ -134,6 +134,7 @@ def test_one_upgrade_migrates_every_database(fleet):
     assert again["ok"]
     runs = project.run("runs", check=0).stdout
     assert "[a]" in runs and "[b]" in runs and "[c]" in runs
+    assert runs.count("fleet run ") == 2
 
 
 def _counter_revision(project):

@@ -693,7 +693,11 @@ class TenantMigrateCommand:
             return 0
         if not rows:
             self.out("no runs recorded yet")
+        fleet_run = None
         for row in rows:
+            if row.fleet_run and row.fleet_run != fleet_run:
+                self.out(f"fleet run {row.fleet_run}:")
+            fleet_run = row.fleet_run
             counts = ", ".join(f"{n} {k}" for k, n in sorted(
                 (row.counts or {}).items()))
             took = (f"{(row.finished - row.started).total_seconds():.1f}s"
