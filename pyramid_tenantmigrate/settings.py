@@ -740,12 +740,18 @@ def _check_placement_policy(values, names):
                 f"setting {PREFIX}placement_policy weighs "
                 f"{', '.join(unknown)}, not in {PREFIX}databases")
     elif kind == "callable":
-        policy = _resolve_dotted("placement_policy", argument)
-        if not callable(policy):
-            raise ConfigurationError(
-                f"setting {PREFIX}placement_policy = {argument!r} must name "
-                "a callable taking the fleet and the schema")
-        values["placement_policy"] = (kind, policy)
+        values["placement_policy"] = (kind, _resolve_callable(
+            "placement_policy", argument, "takes the fleet and the schema"))
+
+
+def _resolve_callable(name, dotted, takes):
+    """The callable a ``kind argument`` setting names, or an error."""
+    resolved = _resolve_dotted(name, dotted)
+    if not callable(resolved):
+        raise ConfigurationError(
+            f"setting {PREFIX}{name} = {dotted!r} must name a callable that "
+            f"{takes}")
+    return resolved
 
 
 def _tenant_resolution(values):
@@ -759,11 +765,7 @@ def _tenant_resolution(values):
             f"{PREFIX}tenant_domain (e.g. example.com, whose subdomains are "
             "the tenants)")
     if kind == "callable":
-        resolver = _resolve_dotted("tenant_from", argument)
-        if not callable(resolver):
-            raise ConfigurationError(
-                f"setting {PREFIX}tenant_from = {argument!r} must name a "
-                "callable taking the request")
-        values["tenant_from"] = (kind, resolver)
+        values["tenant_from"] = (kind, _resolve_callable(
+            "tenant_from", argument, "takes the request"))
     if (values["request_session"] or "").lower() in _FALSEY:
         values["request_session"] = None
