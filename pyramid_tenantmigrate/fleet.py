@@ -69,10 +69,9 @@ def ensure_placements_table(connection, shared_schema):
         placements=placements_table(shared_schema), intents=table))
 
 
-def read_placements(connection, settings, intents=False):
+def read_placements(connection, settings):
     """``{schema: database}`` as the control database says (the
-    ``placement_query`` setting, else the placements table; with
-    ``intents``, sign-ups under way too)."""
+    ``placement_query`` setting, else the placements table)."""
     if settings.placement_query is not None:
         query = settings.placement_query.strip().rstrip(";")
         rows = connection.execution_options(
@@ -83,12 +82,9 @@ def read_placements(connection, settings, intents=False):
     if not connection.execute(text("SELECT to_regclass(:t) IS NOT NULL"),
                               {"t": table}).scalar():
         return {}
-    query = f"SELECT schema_name, database FROM {table}"
-    if intents:
-        query += (f" UNION SELECT schema_name, database FROM "
-                  f"{intents_table(settings.shared_schema)}")
-    return {schema: database
-            for schema, database in connection.exec_driver_sql(query)}
+    return {schema: database for schema, database in
+            connection.exec_driver_sql(
+                f"SELECT schema_name, database FROM {table}")}
 
 
 class Fleet:
@@ -198,14 +194,19 @@ class Fleet:
     def counts(self):
         """``{database: tenants placed there}`` (every listed database,
         rows being created included: they are on their way)."""
+        shared = self.settings.shared_schema
         control = self.database(self.control)
         with control.connect(control.run_engine) as connection:
-            placements = read_placements(connection, self.settings,
-                                         intents=True)
+            # Counted by the server: one row per database, not per tenant.
+            rows = connection.exec_driver_sql(
+                f"SELECT database, count(*) FROM (SELECT database FROM "
+                f"{placements_table(shared)} UNION ALL SELECT i.database "
+                f"FROM {intents_table(shared)} i WHERE NOT EXISTS (SELECT "
+                f"FROM {placements_table(shared)} p WHERE p.schema_name = "
+                "i.schema_name)) AS placed GROUP BY database").all()
         counts = dict.fromkeys(self.names, 0)
-        for database in placements.values():
-            if database in counts:
-                counts[database] += 1
+        counts.update((database, count) for database, count in rows
+                      if database in counts)
         return counts
 
     def close(self):
