@@ -113,6 +113,14 @@ class ProvisioningFailed(TenantMigrateError):
             "it was committed. Fix the revision, then create the tenant again")
 
 
+class MoveFailed(TenantMigrateError):
+    """Moving a tenant to another database of its fleet did not finish.
+
+    The message says where the tenant is now, and what is left to do
+    (``tenant-migrate <ini> placements --repair`` when anything is).
+    """
+
+
 class StartupRefused(TenantMigrateError):
     """The app refused to start: ``tenantmigrate.startup`` found the
     database behind its migrations, or could not bring it to the heads."""

@@ -145,15 +145,27 @@ class Fleet:
             return discover_tenant_schemas(connection, self.settings)
 
     def tenants_on(self, name, connection, placements=None):
-        """The tenants of database ``name`` (``connection`` is to it)."""
+        """The tenants of database ``name`` (``connection`` is to it),
+        but those a move is copying right now (:mod:`.moving`): a run's
+        last pass, which no move overlaps, finds them where it left them."""
         if placements is None:
             placements = self.placements()
+        moving = self.moving()
         if self.catalog_source:
             found = discover_tenant_schemas(connection, self.settings)
-            return [schema for schema in found
-                    if placements.get(schema, name) == name]
+            return [schema for schema in found if schema not in moving
+                    and placements.get(schema, name) == name]
         return [schema for schema in self.listed_tenants()
-                if placements.get(schema) == name]
+                if placements.get(schema) == name and schema not in moving]
+
+    def moving(self):
+        """The tenants under a live move (:func:`.moving.live_moves`)."""
+        from .moving import live_moves
+        if self.settings.placement_query is not None:
+            return set()
+        control = self.database(self.control)
+        with control.connect(control.run_engine) as connection:
+            return live_moves(connection, self.settings.shared_schema)
 
     def all_tenants(self):
         """Every tenant of the fleet, with where it is:
@@ -235,6 +247,21 @@ class DatabaseMigrator(TenantMigrator):
 
     def discover_tenants(self, connection):
         return self.fleet.tenants_on(self.database_name, connection)
+
+    def moved_away(self, schemas):
+        placements = self.fleet.placements()
+        elsewhere = {schema: placements[schema] for schema in schemas
+                     if placements.get(schema, self.database_name)
+                     != self.database_name}
+        if not elsewhere:
+            return {}
+        with self.connect(self.run_engine) as connection:
+            here = set(connection.execute(text(
+                "SELECT nspname FROM pg_catalog.pg_namespace "
+                "WHERE nspname = ANY(:names)"),
+                {"names": list(elsewhere)}).scalars())
+        return {schema: database for schema, database in elsewhere.items()
+                if schema not in here}
 
     def provisioning_lock_engines(self):
         """The control database's first, then this one's: sign-ups take

@@ -279,6 +279,12 @@ class TenantMigrator:
         """Where a run's last pass takes the provisioning lock."""
         return [self.run_engine]
 
+    def moved_away(self, schemas):
+        """Of ``schemas`` (tenants a run's pass failed), those no longer
+        here because a move took them to another database of a fleet:
+        ``{schema: database}`` (none outside a fleet)."""
+        return {}
+
     @reify
     def tenant_directory(self):
         """The tenant source's list, cached for the app's requests and

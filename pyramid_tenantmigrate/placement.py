@@ -240,6 +240,8 @@ class PlacementFinding:
     database: str = None
     action: str = None
     done: bool = False
+    #: An interrupted move's row and steps (:mod:`.moving`).
+    move: tuple = field(default=None, repr=False)
 
     def to_dict(self):
         return {"kind": self.kind, "schema": self.schema,
@@ -316,7 +318,11 @@ def repair(migrator, fix=False, lock_wait=60):
             listed = (None if fleet.catalog_source
                       else set(discover_tenant_schemas(connection,
                                                        settings)))
-        _examine(fleet, report, placed, intents, found, listed)
+            moving = _move_findings(fleet, connection, report)
+        _examine(fleet, report,
+                 {s: d for s, d in placed.items() if s not in moving},
+                 intents, {d: n - moving for d, n in found.items()},
+                 None if listed is None else listed - moving)
         if fix:
             for finding in report.findings:
                 if finding.action is not None:
@@ -327,6 +333,20 @@ def repair(migrator, fix=False, lock_wait=60):
             counts[database] += 1
     report.counts = counts
     return report
+
+
+def _move_findings(fleet, connection, report):
+    """Moves cut short (:mod:`.moving`): one finding each; the other
+    checks leave their tenants alone. Returns their schemas."""
+    from .moving import interrupted_moves
+    moved = set()
+    for move, database, action, steps in interrupted_moves(fleet,
+                                                           connection):
+        moved.add(move.schema)
+        report.findings.append(PlacementFinding(
+            "interrupted move", move.schema, database, action,
+            move=(move, steps)))
+    return moved
 
 
 def _schemas_by_database(fleet, report):
@@ -414,6 +434,11 @@ def _holder_findings(report, placed, intents, holders, listed):
 
 
 def _apply(fleet, control, finding):
+    if finding.move is not None:
+        from .moving import apply_remedy
+        apply_remedy(fleet, *finding.move)
+        finding.done = True
+        return
     if finding.kind == "interrupted sign-up":
         _drop_created(fleet, finding.schema, finding.database)
         finding.done = True

@@ -22,8 +22,10 @@ PLACEMENTS_TABLE = "tenantmigrate_placements"
 #: Sign-ups of a fleet under way: the tenant's schema may exist on its
 #: database before its placement commits (see placement.py).
 INTENTS_TABLE = "tenantmigrate_placement_intents"
+#: Moves of tenants between a fleet's databases under way (moving.py).
+MOVES_TABLE = "tenantmigrate_moves"
 OWN_TABLES = (RUNS_TABLE, SPARES_TABLE, STATE_TABLE, PLACEMENTS_TABLE,
-              INTENTS_TABLE)
+              INTENTS_TABLE, MOVES_TABLE)
 
 #: Spare tenant schemas (see spares.py) are named with this prefix; no
 #: tenant may be.
@@ -35,6 +37,9 @@ SPARE_PREFIX = "tenantmigrate_spare_"
 AUTOGENERATE_PREFIX = "tenantmigrate-autogenerate-"
 CAPTURE_PREFIX = "tenantmigrate-capture-"
 DOCTOR_PREFIX = "tenantmigrate-doctor-"
+#: A moved tenant's schema on the database it left, between the write
+#: fence and its drop (moving.py).
+MOVED_PREFIX = "tenantmigrate-moved-"
 
 #: First halves of two-int advisory lock keys, one per kind of lock.
 #: The run lock: held for a whole run, exclusive for ordinary runs,
@@ -53,6 +58,10 @@ PROVISIONING_LOCK = 0x7E4A14
 #: Taken while the functions of isolation.py are (re)installed: two runs
 #: replacing a function at once would fail ("tuple concurrently updated").
 FUNCTIONS_LOCK = 0x7E4A15
+#: One per tenant schema, held by a move of it (for the session, on the
+#: control database) from its intent to its end: a run tells a move under
+#: way from one cut short by it.
+MOVE_LOCK = 0x7E4A16
 
 
 def lock_key(name):

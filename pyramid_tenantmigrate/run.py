@@ -385,6 +385,7 @@ class Run:
                     plan = self._plan(planner, TENANT, new)
                     part, aborted = self._execute_pass(plan, planner,
                                                        first=passes == 0)
+                    self._forget_moved(part)
                     report.add(part)
                     if aborted or self.report.halted:
                         return report, aborted
@@ -395,6 +396,21 @@ class Run:
             passes += 1
             # Nothing new, or enough free passes: the next is the last.
             last_pass = not new or passes >= FREE_PASSES
+
+    def _forget_moved(self, part):
+        """A tenant a move took to another database of the fleet while
+        the pass went (:mod:`.moving`) failed here for want of its schema:
+        it is not this database's any more, and its failure is not one."""
+        failed = [result.schema for result in part.failures]
+        moved = self.migrator.moved_away(failed) if failed else {}
+        if moved:
+            part.results = [r for r in part.results
+                            if r.schema not in moved]
+            part.warnings.extend(
+                f"{schema} was moved to database {database} during the "
+                "run, so it was not migrated here ('tenant-migrate <ini> "
+                "current' shows it there)"
+                for schema, database in moved.items())
 
     def _execute_pass(self, plan, planner, first):
         """An upgrade with waves runs its first pass in waves."""

@@ -19,18 +19,20 @@ from .errors import (
     sqlstate,
 )
 from .names import schema_name_problem
-from .reserved import SPARE_PREFIX
+from .reserved import MOVED_PREFIX, SPARE_PREFIX
 from .settings import PREFIX
 
 #: SQLSTATEs of a source that queries what does not exist yet (a tenants
 #: table the shared branch has not created): not the setting's fault.
 _NOT_THERE_YET = frozenset({"42P01", "3F000", "42703"})
 
-# Catalog sources never list PostgreSQL's own schemas, nor spares.
+# Catalog sources never list PostgreSQL's own schemas, nor spares, nor
+# what a move leaves behind (moving.py).
 _CATALOG_QUERY = """
 SELECT nspname FROM pg_catalog.pg_namespace
 WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'
   AND left(nspname, length(:spare_prefix)) <> :spare_prefix
+  AND left(nspname, length(:moved_prefix)) <> :moved_prefix
   AND nspname <> :shared_schema AND {condition}
 ORDER BY nspname
 """
@@ -40,7 +42,7 @@ def _catalog_names(connection, settings, condition, **params):
     rows = connection.execute(
         text(_CATALOG_QUERY.format(condition=condition)),
         dict(params, shared_schema=settings.shared_schema,
-             spare_prefix=SPARE_PREFIX))
+             spare_prefix=SPARE_PREFIX, moved_prefix=MOVED_PREFIX))
     return [row[0] for row in rows]
 
 

@@ -156,7 +156,7 @@ class TenantMigrateCommand:
     get_config_loader = staticmethod(_get_config_loader)
     #: Commands that list tenants, and so need the tenant source.
     tenant_commands = frozenset({"upgrade", "downgrade", "stamp", "current",
-                                 "lint", "doctor"})
+                                 "lint", "doctor", "move-tenant"})
     stdout = sys.stdout
     stderr = sys.stderr
 
@@ -328,6 +328,21 @@ class TenantMigrateCommand:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("args", nargs="*", metavar="var=value")
 
+        p = sub.add_parser(
+            "move-tenant", help="move a tenant to another database of the "
+            "fleet: copied, checked (revision, row counts), placement "
+            "switched, source dropped; writes to it wait meanwhile")
+        p.add_argument("--to", metavar="DATABASE",
+                       help="the database to move it to (one of "
+                            "tenantmigrate.databases)")
+        p.add_argument("--wait", type=_wait, default=60.0,
+                       metavar="SECONDS",
+                       help="wait this long for a run's last look at the "
+                            "tenants, and for writes in flight to the "
+                            "tenant (default 60)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("args", nargs="*", metavar="NAME [var=value]")
+
         p = sub.add_parser("history", help="list revisions")
         p.add_argument("-r", "--rev-range",
                        help="e.g. tenant@base:tenant@head")
@@ -406,6 +421,7 @@ class TenantMigrateCommand:
     #: narrows them), and those that run on one (``--database NAME``).
     fleet_commands = frozenset({"upgrade", "downgrade", "stamp", "current",
                                 "runs", "placements", "create-tenant",
+                                "move-tenant",
                                 "revision", "check", "history", "heads"})
     one_database_commands = frozenset({"lint", "doctor", "fill-spares"})
 
@@ -767,6 +783,26 @@ class TenantMigrateCommand:
         else:
             self.out(report.render_text())
         return 0 if report.ok else 1
+
+    def command_move_tenant(self, migrator, positionals):
+        from ..moving import move_tenant
+        name = self._one_positional(positionals, "tenant name", True)
+        if not migrator.runs_fleet:
+            raise UsageError("move-tenant is for a fleet: "
+                             "tenantmigrate.databases is not set")
+        if self.options.database:
+            raise UsageError("move-tenant takes --to DATABASE (where the "
+                             "tenant goes), not --database")
+        if not self.options.to:
+            raise UsageError("move-tenant needs --to DATABASE (one of "
+                             + ", ".join(migrator.fleet.names) + ")")
+        report = move_tenant(migrator, name, self.options.to,
+                             wait=self.options.wait)
+        if self.options.json:
+            self.out(json.dumps(report.to_dict(), indent=2))
+        else:
+            self.out(report.render_text())
+        return 0
 
     def command_history(self, migrator, positionals):
         from .. import commands
