@@ -347,7 +347,6 @@ class _Mover:
     def run(self):
         started = time.monotonic()
         with self.control.connect(self.control.run_engine) as hold:
-            self.hold = hold
             self._lock(hold)
             self._check(hold)
             self._record_intent(hold)

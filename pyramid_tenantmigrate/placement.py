@@ -290,9 +290,10 @@ class PlacementReport:
 
 
 def repair(migrator, fix=False, lock_wait=60):
-    """Compare the placements with what each database holds; with ``fix``,
-    mend what can be mended (see the module docstring and
-    docs/fleet.rst). Runs while no tenant is being created."""
+    """Compare the placements with what each database holds, and find
+    moves cut short (:func:`.moving.remedy`); with ``fix``, mend what can
+    be mended (see the module docstring and docs/fleet.rst). Runs while no
+    tenant is being created or moved."""
     fleet = migrator.fleet
     settings = fleet.settings
     control = fleet.database(fleet.control)

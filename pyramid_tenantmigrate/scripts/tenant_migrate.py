@@ -316,11 +316,12 @@ class TenantMigrateCommand:
 
         p = sub.add_parser(
             "placements", help="a fleet's tenants per database, and what "
-            "does not match (sign-ups cut short, schemas placed nowhere); "
-            "--repair mends it")
+            "does not match (sign-ups and moves cut short, schemas placed "
+            "nowhere); --repair mends it")
         p.add_argument("--repair", action="store_true",
-                       help="drop schemas of sign-ups cut short, place "
-                            "tenants found on exactly one database")
+                       help="drop schemas of sign-ups cut short, finish or "
+                            "undo moves cut short, place tenants found on "
+                            "exactly one database")
         p.add_argument("--wait", type=_wait, default=60.0,
                        metavar="SECONDS",
                        help="wait this long for sign-ups in flight "
