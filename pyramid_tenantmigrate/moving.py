@@ -51,7 +51,9 @@ copy on the other side is what :func:`settle` drops, never the only one.
 
 A run's ordinary passes skip a tenant under a live move
 (:meth:`.fleet.Fleet.tenants_on`); its last pass waits for the move's
-provisioning lock and finds the tenant wherever the move left it.
+provisioning lock and finds the tenant wherever the move left it. A pass
+that chose the tenant before the move and reached it after finds no
+schema: :meth:`.fleet.DatabaseMigrator.moved_away` tells the run it left.
 """
 import logging
 import os
