@@ -393,6 +393,11 @@ def _copy_rows(connection, source, target, version_table):
     columns.pop(version_table, None)
     references = connection.execute(_REFERENCES, {"schema": source}).all()
     src, dst = quote_schema(source), quote_schema(target)
+    if columns:
+        # Rows the target's data revisions made (seeds) are the source's
+        # to give: the copy replaces them, it does not add to them.
+        connection.exec_driver_sql("TRUNCATE " + ", ".join(
+            f"{dst}.{quote_schema(table)}" for table in columns))
     for table in _referenced_first(columns, references):
         names = ", ".join(columns[table])
         if not names:

@@ -162,3 +162,22 @@ def test_bad_names_and_clashes_are_refused_and_nothing_changes(project, db):
         result.stdout
     result = project.cli("rename-tenant", "tenant_x", "tenant_y", check=0)
     assert version_of(db, "tenant_y") == ["t2"]
+
+
+def test_clone_with_rows_replaces_what_data_revisions_seeded(project, db):
+    project.write_revision("tenant", "t1", None, HISTORY["t1"] + """
+        op.execute("INSERT INTO people (id, name) VALUES (1, 'seeded')")
+        """)
+    create_schemas(db, "tenant_a")
+    project.cli("upgrade", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE tenant_a.people SET name = 'renamed by the tenant'")
+        connection.exec_driver_sql(
+            "INSERT INTO tenant_a.people (id, name) VALUES (2, 'added')")
+    clone_tenant(project.migrator(), "tenant_a", "tenant_copy", data=True)
+    with db.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT id, name FROM tenant_copy.people ORDER BY id").all()
+    assert [tuple(r) for r in rows] == [(1, "renamed by the tenant"),
+                                        (2, "added")]
