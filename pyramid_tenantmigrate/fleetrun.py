@@ -439,3 +439,57 @@ class FleetStatus:
                 "not migrated, ", ""))
         return "\n".join(lines)
 
+
+
+def each_database(migrator, command, databases=(), **kw):
+    """A read-only command (``commands.doctor``, ``commands.lint``) run on
+    each selected database of ``migrator``'s fleet, one after the other:
+    a :class:`PerDatabase` report. A command returning ``None`` had
+    nothing to do there."""
+    fleet = migrator.fleet
+    report = PerDatabase()
+    for name in selected_databases(fleet, databases):
+        entry = DatabaseStatus(name, shown_url_of(fleet, name))
+        try:
+            entry.status = command(fleet.database(name), **kw)
+            if entry.status is None:
+                entry.skipped = "none of the selected tenants is here"
+        except (UsageError, ConfigurationError):
+            raise
+        except (TenantMigrateError, DBAPIError) as exc:
+            entry.problem = " ".join(str(exc).split())
+        report.databases.append(entry)
+    return report
+
+
+@dataclass
+class PerDatabase:
+    """A read-only command's reports, one per database of a fleet; ``ok``
+    when each is and every database could be read."""
+
+    databases: list = field(default_factory=list)
+
+    @property
+    def ok(self):
+        return all(entry.skipped or (entry.problem is None
+                                     and entry.status.ok)
+                   for entry in self.databases)
+
+    def to_dict(self):
+        return {"fleet": True, "ok": self.ok,
+                "databases": [entry.to_dict() for entry in self.databases]}
+
+    def render_text(self, **options):
+        lines = []
+        for entry in self.databases:
+            head = f"database {entry.name} ({entry.url})"
+            if entry.problem:
+                lines.append(f"{head}: FAILED, {entry.problem}")
+                continue
+            if entry.skipped:
+                lines.append(f"{head}: skipped, {entry.skipped}")
+                continue
+            lines.append(head + ":")
+            lines.extend("  " + line for line in entry.status.render_text(
+                **options).splitlines())
+        return "\n".join(lines)

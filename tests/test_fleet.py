@@ -215,10 +215,20 @@ def test_database_selection_and_bad_input(fleet, project_factory=None):
     assert fleet.version("a", "tenant_a1") == ["t2"]
     result = project.run("upgrade", "--tenant", "tenant_zz", check=2)
     assert "unknown tenant" in result.stderr
+    # doctor over the fleet, a database, a tenant; drift on b alone.
+    project.run("upgrade", check=0)
+    with fleet.engines["b"].begin() as connection:
+        connection.exec_driver_sql("DROP INDEX tenant_b1.ix_notes_pinned")
+    report = json.loads(project.run("doctor", "--json", check=1).stdout)
+    assert [(d["database"], d["ok"]) for d in report["databases"]] == [
+        ("a", True), ("b", False), ("c", True)]
+    project.run("doctor", "--database", "a", check=0)
+    project.run("doctor", "--tenant", "tenant_a1", check=0)
+    text = project.run("doctor", "--tenant", "tenant_b1", check=1).stdout
+    assert "database a" in text and "skipped" in text
     # Commands on one database need it named.
-    result = project.run("doctor", check=2)
+    result = project.run("fill-spares", check=2)
     assert "--database NAME" in result.stderr
-    project.run("doctor", "--database", "b", check=0)
     result = project.run("shell", "tenant_a1", check=2)
     assert "does not run on a fleet" in result.stderr
     # Settings.

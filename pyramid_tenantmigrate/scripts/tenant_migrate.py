@@ -138,6 +138,22 @@ def _add_run_options(parser, only=None):
             parser.add_argument(*flags, **keywords)
 
 
+def _fleet_doctor(member, tenants, **selection):
+    """``doctor`` on one database of a fleet, for the named tenants
+    placed there."""
+    from .. import commands
+    if tenants:
+        where = member.fleet.all_tenants()[0]
+        unknown = [name for name in tenants if name not in where]
+        if unknown:
+            raise UsageError("unknown tenant(s): " + ", ".join(unknown))
+        tenants = tuple(t for t in tenants if where[t] ==
+                        member.database_name) or None
+        if tenants is None:
+            return None  # none of them here
+    return commands.doctor(member, tenants=tenants or (), **selection)
+
+
 class TenantMigrateCommand:
     """Parse arguments, load the app's settings, run one command."""
 
@@ -421,10 +437,11 @@ class TenantMigrateCommand:
     #: Commands that run over every database of a fleet (``--database``
     #: narrows them), and those that run on one (``--database NAME``).
     fleet_commands = frozenset({"upgrade", "downgrade", "stamp", "current",
+                                "doctor",
                                 "runs", "placements", "create-tenant",
                                 "move-tenant",
                                 "revision", "check", "history", "heads"})
-    one_database_commands = frozenset({"lint", "doctor", "fill-spares"})
+    one_database_commands = frozenset({"lint", "fill-spares"})
 
     def _fleet_member(self, migrator, command):
         """The migrator ``command`` runs with, given ``--database``."""
@@ -747,10 +764,16 @@ class TenantMigrateCommand:
         from ..tenants import parse_shard
         self._one_positional(positionals, "argument", False)
         options = self.options
-        report = commands.doctor(
-            migrator, tenants=tuple(self._tenant_names()),
+        selection = dict(
+            tenants=tuple(self._tenant_names()),
             exclude_tenants=tuple(options.exclude_tenant),
             shard=parse_shard(options.shard) if options.shard else None)
+        if migrator.runs_fleet:
+            from ..fleetrun import each_database
+            report = each_database(migrator, _fleet_doctor,
+                                   tuple(options.database), **selection)
+        else:
+            report = commands.doctor(migrator, **selection)
         if options.json:
             self.out(json.dumps(report.to_dict(), indent=2))
         else:
