@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Benchmark ``tenant-migrate`` over a fleet: N tenants over K clusters.
 
-    python bench/fleet.py --quick               # N=400 over 4 clusters
-    python bench/fleet.py                       # N=10,000 over 4: setup
-                                                # alone takes ~10 minutes
+    python bench/fleet.py --quick               # N=400 over 4, ~1 minute
+    python bench/fleet.py                       # N=10,000 over 4: ~20
+                                                # minutes, 8 of them setup
 
 See bench/README.rst ("fleet"). K embedded PostgreSQL clusters hold the N
 tenants between them (one database each, N/K tenants each, a catalog tenant
@@ -322,6 +322,12 @@ class FleetBench:
                              self.fleet, before)
         self.startup = [run_timed([*self.tool, "--help"]).check(
             "--help").seconds for _ in range(max(5, self.args.runs))]
+        # Which code the tool runs (an editable install elsewhere, or
+        # PYTHONPATH), as ``git_commit`` only tells the benchmark's.
+        self.package = run_timed(
+            [sys.executable, "-c", "import pyramid_tenantmigrate as p; "
+             "print(p.__path__[0])"], cwd=self.project.root).check(
+            "import").stdout.strip()
         self.load_after_setup = os.getloadavg()
 
     def reset(self, clusters):
@@ -483,6 +489,7 @@ def summarize(args, v):
             "cpus": os.cpu_count(),
             "commit": git_commit(),
             "tool": v.tool,
+            "package": v.package,
             "setup_seconds": round(v.setup_seconds, 2),
             "load_after_setup": [round(x, 2)
                                  for x in v.load_after_setup],
@@ -513,7 +520,8 @@ def render_table(results):
         f" (workers={meta['fleet_workers']}, total_workers="
         f"{meta['fleet_total_workers']}: {meta['fleet_workers_per_database']}"
         f" per database), PostgreSQL {meta['postgresql']}, median of "
-        f"{meta['runs']} runs, commit {meta['commit']}")
+        f"{meta['runs']} runs, commit {meta['commit']}, package "
+        f"{meta['package']}")
 
     def fmt(x, spec=".3f"):
         return format(x, spec) if x is not None else "-"
