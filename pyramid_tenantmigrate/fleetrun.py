@@ -356,30 +356,22 @@ def _unplaced_line(unplaced):
 
 
 def fleet_status(migrator, tenants=(), exclude_tenants=(), databases=()):
-    """``current`` over a fleet: ``{database: StatusReport}`` in a
-    :class:`FleetStatus`."""
+    """``current`` over a fleet: each database's
+    :class:`~.report.StatusReport` in a :class:`FleetStatus`."""
     from . import commands
-    fleet = migrator.fleet
-    names = selected_databases(fleet, databases)
-    where, unplaced = fleet.all_tenants()
+    where, unplaced = migrator.fleet.all_tenants()
     _placed(tenants, where, unplaced, "--tenant")
-    status = FleetStatus(unplaced=unplaced if not tenants else {})
-    for name in names:
-        member = fleet.database(name)
-        mine = tuple(t for t in tenants if where.get(t) == name)
-        entry = DatabaseStatus(name, shown_url_of(fleet, name))
+
+    def current(member):
+        mine = tuple(t for t in tenants if where.get(t) == (
+            member.database_name))
         if tenants and not mine:
-            entry.skipped = "none of the selected tenants is here"
-        else:
-            try:
-                entry.status = commands.current(
-                    member, tenants=mine, exclude_tenants=exclude_tenants)
-            except (UsageError, ConfigurationError):
-                raise
-            except (TenantMigrateError, DBAPIError) as exc:
-                entry.problem = " ".join(str(exc).split())
-        status.databases.append(entry)
-    return status
+            return None
+        return commands.current(member, tenants=mine,
+                                exclude_tenants=exclude_tenants)
+
+    return FleetStatus(each_database(migrator, current, databases).databases,
+                       unplaced=unplaced if not tenants else {})
 
 
 @dataclass
@@ -442,23 +434,35 @@ class FleetStatus:
 
 
 def each_database(migrator, command, databases=(), **kw):
-    """A read-only command (``commands.doctor``, ``commands.lint``) run on
-    each selected database of ``migrator``'s fleet, one after the other:
-    a :class:`PerDatabase` report. A command returning ``None`` had
-    nothing to do there."""
+    """A read-only command (``commands.current``, ``commands.doctor``) run
+    on each selected database of ``migrator``'s fleet, side by side: a
+    :class:`PerDatabase` report. A command returning ``None`` had nothing
+    to do there; a database that cannot be read is reported, not
+    raised."""
     fleet = migrator.fleet
-    report = PerDatabase()
-    for name in selected_databases(fleet, databases):
-        entry = DatabaseStatus(name, shown_url_of(fleet, name))
+    report = PerDatabase([
+        DatabaseStatus(name, shown_url_of(fleet, name))
+        for name in selected_databases(fleet, databases)])
+    errors = []
+
+    def one(entry):
         try:
-            entry.status = command(fleet.database(name), **kw)
+            entry.status = command(fleet.database(entry.name), **kw)
             if entry.status is None:
                 entry.skipped = "none of the selected tenants is here"
-        except (UsageError, ConfigurationError):
-            raise
+        except (UsageError, ConfigurationError) as exc:
+            errors.append(exc)
         except (TenantMigrateError, DBAPIError) as exc:
             entry.problem = " ".join(str(exc).split())
-        report.databases.append(entry)
+
+    threads = [threading.Thread(target=one, args=(entry,))
+               for entry in report.databases]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
     return report
 
 
