@@ -114,7 +114,10 @@ class CommitCutter:
             if len(buffer) < 1 + length:
                 break
             message, state["buffer"] = buffer[:1 + length], buffer[1 + length:]
-            if kind == b"N" and b"tenantmigrate step" in message:
+            # A replayed script: a step notice, or the guard (a DO block)
+            # that opens every tenant's script.
+            if (kind == b"N" and b"tenantmigrate step" in message) or (
+                    kind == b"C" and message[5:].startswith(b"DO")):
                 state["in_replay"] = True
             elif kind == b"Z":
                 state["in_replay"] = False

@@ -93,10 +93,16 @@ def guard_sql(schema, version_table, heads):
     return f"DO {_dollar_quote(f' BEGIN {check} END ')}"
 
 
-def version_update_sql(schema, version_table, heads):
-    """Make ``schema``'s version table hold exactly ``heads``."""
+def version_update_sql(schema, version_table, heads, previous=None):
+    """Make ``schema``'s version table hold exactly ``heads``; with
+    ``previous``, what it holds now (checked by :func:`guard_sql`): one
+    head for another is one ``UPDATE``, a first head one ``INSERT``."""
     table = version_table_name(schema, version_table)
-    parts = [f"DELETE FROM {table}"]
+    if previous is not None and len(previous) == 1 and len(heads) == 1:
+        return (f"UPDATE {table} SET version_num = "
+                f"{quote_literal(heads[0])}")
+    parts = [] if previous is not None and not previous else [
+        f"DELETE FROM {table}"]
     if heads:
         values = ", ".join(f"({quote_literal(h)})" for h in sorted(heads))
         parts.append(f"INSERT INTO {table} (version_num) VALUES {values}")

@@ -158,6 +158,8 @@ class SchemaRun:
         self.db_heads = tuple(program.from_heads)
         self.done_heads = tuple(program.from_heads)
         self.buffer = []
+        #: The revisions whose statements are in the buffer, in order.
+        self.buffer_steps = []
         self.current = None
         self.session = None
         self.session_lock = False
@@ -239,7 +241,8 @@ class SchemaRun:
     def _sync_version(self):
         if self.done_heads != self.db_heads:
             self.buffer.append(version_update_sql(
-                self.schema, self.settings.version_table, self.done_heads))
+                self.schema, self.settings.version_table, self.done_heads,
+                self.db_heads))
             self.db_heads = self.done_heads
 
     def _end(self):
@@ -261,7 +264,9 @@ class SchemaRun:
     def _flush(self):
         if self.buffer:
             scripts = one_statement_per_query(self.citus, self.buffer)
+            first = self.buffer_steps[0] if self.buffer_steps else None
             self.buffer = []
+            self.buffer_steps = []
             step = None
             for sql in scripts:
                 try:
@@ -269,7 +274,8 @@ class SchemaRun:
                         step)
                 except ScriptFailed as exc:
                     if exc.revision is None:
-                        exc.revision = step or self.current
+                        # No step notice yet: the buffer's first step.
+                        exc.revision = step or first or self.current
                     raise
         if self.pending_commit:
             self.pending_commit = False
@@ -339,7 +345,12 @@ class SchemaRun:
 
     def _replay(self, item):
         self.current = item.revision
-        self.buffer.append(step_notice_sql(item.revision))
+        # A notice tells which step a failure is in; the buffer's first
+        # step needs none (a failure before any notice is its own), which
+        # spares a one-revision upgrade a DO block per tenant.
+        if self.buffer_steps:
+            self.buffer.append(step_notice_sql(item.revision))
+        self.buffer_steps.append(item.revision)
         for in_block, statements in item.replay:
             if in_block:
                 self._block(statements)
@@ -400,6 +411,7 @@ class SchemaRun:
         settings back and let go of a session lock. Returns False when the
         connection is unusable."""
         self.buffer = []
+        self.buffer_steps = []
         self.pending_commit = False
         self._close_session()
         if not self.own:
