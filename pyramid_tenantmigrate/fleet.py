@@ -11,7 +11,8 @@ a :class:`Fleet`. The fleet knows
   control database;
 - where each tenant is placed: a row of the package's placements table on
   the control database (kept by provisioning, :mod:`.fleetprovisioning`),
-  or the ``placement_query`` setting's rows;
+  or the ``placement_query`` setting's rows, or ``placement_source``'s
+  pairs;
 - which tenants there are: the tenant source, run on the control database
   (a query or a callable), or on each database (a prefix or a pattern: a
   schema found there and placed nowhere else is that database's).
@@ -22,8 +23,9 @@ import dataclasses
 import threading
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
-from .errors import UsageError
+from .errors import ConfigurationError, UsageError
 from .migrator import TenantMigrator
 from .names import quote_schema
 from .reserved import INTENTS_TABLE, PLACEMENTS_TABLE
@@ -71,7 +73,10 @@ def ensure_placements_table(connection, shared_schema):
 
 def read_placements(connection, settings):
     """``{schema: database}`` as the control database says (the
-    ``placement_query`` setting, else the placements table)."""
+    ``placement_query`` or ``placement_source`` setting, else the
+    placements table)."""
+    if settings.placement_source is not None:
+        return _from_placement_source(settings.placement_source, connection)
     if settings.placement_query is not None:
         query = settings.placement_query.strip().rstrip(";")
         rows = connection.execution_options(
@@ -85,6 +90,25 @@ def read_placements(connection, settings):
     return {schema: database for schema, database in
             connection.exec_driver_sql(
                 f"SELECT schema_name, database FROM {table}")}
+
+
+def _from_placement_source(source, connection):
+    name = "tenantmigrate.placement_source"
+    try:
+        pairs = dict(source(connection))
+    except DBAPIError:
+        raise
+    except Exception as exc:
+        raise ConfigurationError(
+            f"setting {name} failed: {type(exc).__name__}: {exc}; it must "
+            "return (schema, database) pairs") from None
+    bad = next((k for k, v in pairs.items()
+                if not isinstance(k, str) or not isinstance(v, str)), None)
+    if bad is not None:
+        raise ConfigurationError(
+            f"setting {name} gave {bad!r} -> {pairs[bad]!r}; schema and "
+            "database names are strings")
+    return pairs
 
 
 class Fleet:
@@ -119,7 +143,7 @@ class Fleet:
     def ensure_table(self):
         """The placements table on the control database, made if missing
         (unless ``placement_query`` says where tenants are)."""
-        if self.settings.placement_query is not None:
+        if self.settings.app_keeps_placements:
             return
         control = self.database(self.control)
         with control.connect(control.run_engine) as connection:
@@ -161,7 +185,7 @@ class Fleet:
     def moving(self):
         """The tenants under a live move (:func:`.moving.live_moves`)."""
         from .moving import live_moves
-        if self.settings.placement_query is not None:
+        if self.settings.app_keeps_placements:
             return set()
         control = self.database(self.control)
         with control.connect(control.run_engine) as connection:

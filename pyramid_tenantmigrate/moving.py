@@ -293,9 +293,10 @@ def move_tenant(migrator, name, to, *, wait=60.0):
         raise UsageError("move-tenant is for a fleet: "
                          "tenantmigrate.databases is not set")
     settings = fleet.settings
-    if settings.placement_query is not None:
+    if settings.app_keeps_placements:
         raise ConfigurationError(
-            "tenantmigrate.placement_query is set: placements are the "
+            "tenantmigrate.placement_query or placement_source is set: "
+            "placements are the "
             "app's to keep, so this package cannot switch one; copy the "
             "tenant yourself and update your placement")
     schema = validate_schema_name(name, settings.shared_schema)

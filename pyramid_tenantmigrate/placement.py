@@ -82,9 +82,10 @@ def create_placed_tenant(migrator, name, *, connection=None, dbsession=None,
     fleet = migrator.fleet
     settings = fleet.settings
     schema = validate_schema_name(name, settings.shared_schema)
-    if settings.placement_query is not None:
+    if settings.app_keeps_placements:
         raise ConfigurationError(
-            "tenantmigrate.placement_query is set: placements are the app's "
+            "tenantmigrate.placement_query or placement_source is set: "
+            "placements are the app's "
             "to keep, so create tenants on a database of your choosing "
             "(migrator.fleet.database(NAME)) and record it")
     if database is not None:

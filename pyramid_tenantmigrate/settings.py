@@ -459,6 +459,10 @@ SETTINGS = (
      "``database`` column of the app's tenants table. Default: the "
      "package's own table ``tenantmigrate_placements`` there, which "
      "provisioning keeps."),
+    ("placement_source", _text, None,
+     "Where each tenant of a fleet is placed, from code: the dotted name of "
+     "a callable taking a connection to the control database and returning "
+     "``(schema, database)`` pairs (instead of ``placement_query``)."),
     ("placement_policy", _placement_policy, ("fewest", None),
      "The database a new tenant of a fleet goes to: ``fewest`` (tenants), "
      "``weights a=3 b=1`` (fewest relative to the weight; 0 takes no new "
@@ -525,9 +529,17 @@ class MigrateSettings:
     databases: tuple = None
     control_database: str = None
     placement_query: str = None
+    placement_source: object = None
     placement_policy: tuple = ("fewest", None)
     total_workers: int = None
     raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def app_keeps_placements(self):
+        """A fleet whose placements the app keeps (``placement_query`` or
+        ``placement_source``), not the package's table."""
+        return (self.placement_query is not None
+                or self.placement_source is not None)
 
     @property
     def tenant_source_setting(self):
@@ -707,7 +719,8 @@ def _fleet(values):
     database's."""
     databases = values["databases"]
     if databases is None:
-        for name in ("control_database", "placement_query", "total_workers"):
+        for name in ("control_database", "placement_query",
+                     "placement_source", "total_workers"):
             if values[name] is not None:
                 raise ConfigurationError(
                     f"setting {PREFIX}{name} is for a fleet: it needs "
@@ -728,6 +741,14 @@ def _fleet(values):
             f"({control}, the control database) name different databases; "
             f"leave {PREFIX}url out with {PREFIX}databases")
     values["url"] = names[control]
+    if values["placement_source"] is not None:
+        if values["placement_query"] is not None:
+            raise ConfigurationError(
+                f"contradictory settings: {PREFIX}placement_query and "
+                f"{PREFIX}placement_source are both set; set one")
+        values["placement_source"] = _resolve_callable(
+            "placement_source", values["placement_source"],
+            "takes a connection and returns (schema, database) pairs")
     _check_placement_policy(values, names)
 
 

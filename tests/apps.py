@@ -114,3 +114,11 @@ def main_greeting_new_tenants(global_config, **settings):
         config.add_subscriber(welcome_note,
                               "pyramid_tenantmigrate.TenantCreated")
     return config.make_wsgi_app()
+
+
+def fleet_placements(connection):
+    """A fleet's placement source: tenant_bN on b, the others on a."""
+    names = [row[0] for row in connection.exec_driver_sql(
+        "SELECT name FROM public.app_tenants")]
+    return [(name, "b" if name.startswith("tenant_b") else "a")
+            for name in names]

@@ -627,3 +627,31 @@ def test_retry_failed_and_a_database_removed_from_the_settings(fleet):
     result = project.run("upgrade", check=1)
     assert "tenant_c (placed on database 'c'" in result.stdout
     assert "tenantmigrate.databases does not list" in result.stdout
+
+
+def test_placements_from_a_callable(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    for database in "ab":
+        fleet.tenants(database, f"tenant_{database}1")
+    with fleet.engines["a"].begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE public.app_tenants (name text); INSERT INTO "
+            "public.app_tenants VALUES ('tenant_a1'), ('tenant_b1')")
+    fleet.project.settings.pop("tenantmigrate.tenant_schema_prefix")
+    project.write_ini(**{
+        "tenantmigrate.tenant_schemas_query":
+            "SELECT name FROM public.app_tenants",
+        "tenantmigrate.placement_source": "tests.apps:fleet_placements"})
+    project.run("upgrade", check=0)
+    assert fleet.version("a", "tenant_a1") == ["t2"]
+    assert fleet.version("b", "tenant_b1") == ["t2"]
+    result = project.run("create-tenant", "tenant_x", check=2)
+    assert "placement_source is set" in result.stderr
+    project.write_ini(**{
+        "tenantmigrate.tenant_schemas_query":
+            "SELECT name FROM public.app_tenants",
+        "tenantmigrate.placement_source": "tests.apps:fleet_placements",
+        "tenantmigrate.placement_query": "SELECT 1, 2"})
+    result = project.run("current", check=2)
+    assert "contradictory settings" in result.stderr
