@@ -16,8 +16,21 @@ import subprocess
 import sysconfig
 from dataclasses import asdict, dataclass, field
 
-from .errors import TenantMigrateError, UsageError
-from .plan import SHARED, TENANT, UPGRADE, StepPlanner, branch_heads
+from .errors import (
+    LintRefused,
+    TenantMigrateError,
+    TenantSourceUnavailable,
+    UsageError,
+)
+from .plan import (
+    SHARED,
+    TENANT,
+    UPGRADE,
+    StepPlanner,
+    branch_has_revisions,
+    heads_after,
+    resolve_destinations,
+)
 from .tenants import select_tenants
 
 #: The squawk executable's name (squawk-cli's wheel installs it next to
@@ -209,58 +222,130 @@ def squawk_path():
     return path
 
 
-def lint(migrator, rev_range=None):
-    """Render the pending revisions (or ``rev_range``, ``rev1:rev2``) with
-    capture, run squawk on each, and weigh each finding by the tenants;
-    return a :class:`LintReport`."""
-    from .engine.capture import capture_steps
+def lint(migrator, rev_range=None, target=None, tenants=(),
+         exclude_tenants=(), shard=None):
+    """Render the revisions still to run (or ``rev_range``, ``rev1:rev2``)
+    with capture, run squawk on each, and weigh each finding by the
+    tenants; return a :class:`LintReport`.
+
+    Without a range, what ``upgrade target`` (default: to every head of
+    both branches) would run in the tenants
+    selected as ``upgrade`` selects them (``tenants``,
+    ``exclude_tenants``, ``shard``): every path a group of tenants at one
+    revision takes to the target, each revision linted once, counted for
+    every tenant that runs it. Tenant revisions are rendered by the
+    migrator's :class:`~.engine.program.Programs`: an ``upgrade`` after
+    ``lint`` with the same migrator does not capture them again.
+    """
     squawk = squawk_path()
     script = migrator.script
+    shared = migrator.shared_schema
+    if rev_range:
+        explicit = _explicit_range(script, rev_range)
+        destinations = [(explicit[0], f"{explicit[0]}@heads")]
+    else:
+        explicit = None
+        destinations = (
+            resolve_destinations(script, UPGRADE, target) if target
+            else [(branch, f"{branch}@heads") for branch in (SHARED, TENANT)
+                  if branch_has_revisions(script, branch)])
+        if shard:
+            destinations = [d for d in destinations if d[0] == TENANT]
     with migrator.connect() as connection:
-        tenants = select_tenants(migrator.discover_tenants(connection),
-                                 migrator.shared_schema).schemas
-        shared = migrator.shared_schema
-        versions = migrator.read_versions(connection, [shared, *tenants])
-        catalog = _Catalog(_table_statistics(connection, [shared, *tenants]),
+        try:
+            schemas = select_tenants(
+                migrator.discover_tenants(connection), shared,
+                only=tenants, exclude=exclude_tenants, shard=shard).schemas
+        except TenantSourceUnavailable:
+            # The tenants table is the shared branch's to create: there
+            # are no tenants yet.
+            schemas = []
+        versions = migrator.read_versions(connection, [shared, *schemas])
+        catalog = _Catalog(_table_statistics(connection, [shared, *schemas]),
                            shared)
-    ranges = (_explicit_range(script, rev_range) if rev_range
-              else _pending_ranges(script, versions, shared, tenants))
     report = LintReport()
     estimates = _Estimates()
-    for branch, from_heads, steps in ranges:
-        if not steps:
-            continue
-        behind = _schemas_behind(script, branch, versions,
-                                 [shared] if branch == SHARED else tenants)
-        captured = capture_steps(migrator, steps, from_heads, branch)
-        path = [step.revision.revision for step in steps]
-        for revision in captured:
-            report.revisions.append(_lint_revision(
-                squawk, migrator, branch, revision,
-                len(behind.get(revision.revision, ())), catalog, estimates))
-            estimates.paths[revision.revision] = path
+    for branch, destination in destinations:
+        paths, runs_in = _pending_paths(
+            script, branch, destination, versions,
+            [shared] if branch == SHARED else schemas)
+        if explicit is not None:
+            paths = [explicit[1:]]
+        linted = set()
+        for from_heads, steps in paths:
+            new = [i for i, step in enumerate(steps)
+                   if step.revision.revision not in linted]
+            if not new:
+                continue
+            captured = _render(migrator, branch, from_heads, steps)
+            path = [step.revision.revision for step in steps]
+            for index in new:
+                revision = path[index]
+                linted.add(revision)
+                report.revisions.append(_lint_revision(
+                    squawk, migrator, branch, captured[index],
+                    runs_in.get(revision, 0), catalog, estimates))
+                estimates.paths[revision] = path
     estimates.complete(report)
     return report
 
 
-def _pending_ranges(script, versions, shared, tenants):
-    """Shared: from its version to its head; tenant: from the oldest
-    version any tenant is at (the longest way to the head)."""
-    ranges = []
-    for branch, schemas in ((SHARED, [shared]), (TENANT, tenants)):
-        if not branch_heads(script, branch):
-            continue
-        planner = StepPlanner(script, UPGRADE, f"{branch}@heads")
-        longest = ((), ())
-        for schema in schemas:
-            version = versions[schema]
-            if version.problem is not None:
-                continue
-            steps = planner.steps_for(version.heads)
-            if len(steps) > len(longest[1]):
-                longest = (version.heads, steps)
-        ranges.append((branch, *longest))
-    return ranges
+def gate(migrator, target="heads", options=None):
+    """What ``upgrade`` does first with ``tenantmigrate.lint_before_upgrade``:
+    lint what it will run (``options``: its :class:`~.run.RunOptions`, for
+    the tenants it selects) and raise :class:`~.errors.LintRefused` when
+    there is an error-level finding. Returns the :class:`LintReport`."""
+    report = lint(migrator, target=target,
+                  tenants=getattr(options, "tenants", ()),
+                  exclude_tenants=getattr(options, "exclude_tenants", ()),
+                  shard=getattr(options, "shard", None))
+    if not report.ok:
+        raise LintRefused(report)
+    return report
+
+
+def _pending_paths(script, branch, destination, versions, schemas):
+    """``([(from_heads, steps)], {revision: schemas that run it})``: one
+    path per group of schemas at the same version, longest first."""
+    planner = StepPlanner(script, UPGRADE, destination)
+    groups = collections.Counter(
+        versions[schema].heads for schema in schemas
+        if versions[schema].problem is None)
+    paths, runs_in = [], collections.Counter()
+    for heads, count in groups.items():
+        try:
+            steps = planner.steps_for(heads)
+        except Exception:
+            continue  # upgrade reports it: not a revision it runs
+        if steps:
+            paths.append((heads, steps))
+            for step in steps:
+                runs_in[step.revision.revision] += count
+    paths.sort(key=lambda path: -len(path[1]))
+    return paths, runs_in
+
+
+def _render(migrator, branch, from_heads, steps):
+    """One :class:`~.engine.capture.CapturedRevision` per step: for the
+    tenant branch, those of the program the run will use (captured once
+    for the migrator, see :class:`~.engine.program.Programs`)."""
+    programs = migrator.programs
+    if branch == TENANT and programs.replay:
+        program = programs.get(UPGRADE, from_heads, steps,
+                               heads_after(from_heads, steps), TENANT)
+        captured = [step.captured for step in program.steps]
+        if len(captured) == len(steps) and None not in captured:
+            if any(_not_rendered(c) for c in captured):
+                # It may need shared revisions this upgrade runs first:
+                # the run captures it again once they have run.
+                programs.discard(program)
+            return captured
+    from .engine.capture import capture_steps
+    return capture_steps(migrator, steps, from_heads, branch)
+
+
+def _not_rendered(captured):
+    return not captured.statements and captured.reason is not None
 
 
 def _explicit_range(script, rev_range):
@@ -280,25 +365,7 @@ def _explicit_range(script, rev_range):
         raise UsageError(f"lint range {rev_range!r}: {exc}") from None
     except Exception as exc:
         raise UsageError(f"lint range {rev_range!r}: {exc}") from None
-    return [(branch, from_heads, steps)]
-
-
-def _schemas_behind(script, branch, versions, schemas):
-    """revision id -> schemas that will still run it on the way to the
-    branch's head."""
-    planner = StepPlanner(script, UPGRADE, f"{branch}@heads")
-    behind = {}
-    for schema in schemas:
-        version = versions[schema]
-        if version.problem is not None:
-            continue
-        try:
-            steps = planner.steps_for(version.heads)
-        except Exception:
-            continue
-        for step in steps:
-            behind.setdefault(step.revision.revision, []).append(schema)
-    return behind
+    return branch, from_heads, steps
 
 
 @dataclass(frozen=True)

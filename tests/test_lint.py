@@ -374,6 +374,95 @@ def test_empty_tenant_tables_make_a_checked_foreign_key_a_warning(
     assert _shared_lock(document, "t2")["severity"] == "warning"
 
 
+def test_every_pending_path_is_linted_once(project, db):
+    """Tenants at different revisions of a branchy history run different
+    steps: each revision is linted once, counted for every tenant that
+    runs it."""
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2a", "t1", """
+        op.create_index("ix_notes_title", "notes", ["title"])
+        """)
+    project.write_revision("tenant", "t2b", "t1", """
+        op.add_column("notes", sa.Column("body", sa.Text))
+        """)
+    project.write_revision("tenant", "t3", ("t2a", "t2b"), """
+        op.alter_column("notes", "account_id", type_=sa.BigInteger)
+        """)
+    project.run("upgrade", "tenant@t2a", "--tenant", "tenant_big", check=0)
+    project.run("upgrade", "tenant@t2b", "--tenant", "tenant_small", check=0)
+
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
+    runs_in = {r["revision"]: r["runs_in"] for r in document["revisions"]}
+    assert runs_in == {"t2a": 1, "t2b": 1, "t3": 2}
+    [t2a] = [r for r in document["revisions"] if r["revision"] == "t2a"]
+    assert [f["rule"] for f in t2a["findings"]] == [
+        "require-concurrent-index-creation"]
+
+
+def test_upgrade_from_python_lints_first_and_renders_once(
+        project, db, monkeypatch):
+    from pyramid_tenantmigrate import commands
+    from pyramid_tenantmigrate.engine import capture, program
+    from pyramid_tenantmigrate.errors import LintRefused
+
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    project.run("upgrade", "tenant@t2", "--tenant", "tenant_small", check=0)
+    migrator = project.migrator(
+        **{"tenantmigrate.lint_before_upgrade": "true"})
+    captures = []
+
+    def counting(migrator, steps, from_heads, branch="tenant"):
+        captures.append((tuple(from_heads),
+                         tuple(s.revision.revision for s in steps)))
+        return capture.capture_steps(migrator, steps, from_heads, branch)
+
+    monkeypatch.setattr(program, "capture_steps", counting)
+    with pytest.raises(LintRefused) as refused:
+        commands.upgrade(migrator)
+    assert "revision t2 has 3 lint error(s)" in str(refused.value)
+    assert refused.value.report.errors
+    assert version_of(db, "tenant_big") == ["t1"]
+    # Both groups' paths: tenant_big from t1 (t2 to t4), tenant_small
+    # from t2 (its steps are already linted: not rendered by lint).
+    assert captures == [(("t1",), ("t2", "t3", "t4"))]
+
+    report = commands.upgrade(migrator, force=True)
+    assert report.ok
+    assert version_of(db, "tenant_big") == ["t4"]
+    assert version_of(db, "tenant_small") == ["t4"]
+    # The run rendered only the group lint had not: tenant_small's.
+    assert captures == [(("t1",), ("t2", "t3", "t4")),
+                        (("t2",), ("t3", "t4"))]
+
+
+def test_the_gate_passes_warnings_and_runs_once_rendered(
+        project, db, monkeypatch):
+    from pyramid_tenantmigrate import commands
+    from pyramid_tenantmigrate.engine import capture, program
+
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2", "t1", """
+        op.create_table("tags",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("account_id", sa.Integer,
+                      sa.ForeignKey("public.accounts.id")))
+        """)
+    migrator = project.migrator(
+        **{"tenantmigrate.lint_before_upgrade": "true"})
+    captures = []
+
+    def counting(migrator, steps, from_heads, branch="tenant"):
+        captures.append(tuple(s.revision.revision for s in steps))
+        return capture.capture_steps(migrator, steps, from_heads, branch)
+
+    monkeypatch.setattr(program, "capture_steps", counting)
+    report = commands.upgrade(migrator)
+    assert report.ok
+    assert version_of(db, "tenant_big") == ["t2"]
+    assert captures == [("t2",)]
+
+
 def test_shared_table_ddl_is_an_error_and_shared_rows_a_warning(
         project, db):
     _tenants_with_rows(project, db)
@@ -390,3 +479,18 @@ def test_shared_table_ddl_is_an_error_and_shared_rows_a_warning(
         "message"]
     assert lock["severity"] == "error"
     assert "public.accounts itself" in lock["message"]
+
+
+def test_the_startup_hook_is_gated_too(project, db):
+    from pyramid_tenantmigrate.errors import StartupRefused
+    from pyramid_tenantmigrate.startup import run_startup
+
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    migrator = project.migrator(
+        **{"tenantmigrate.lint_before_upgrade": "true"})
+    with pytest.raises(StartupRefused, match="refusing to upgrade: "
+                       "revision t2") as refused:
+        run_startup(migrator, mode="all")
+    assert "tenant-locks-shared-table" in str(refused.value)
+    assert version_of(db, "tenant_big") == ["t1"]
