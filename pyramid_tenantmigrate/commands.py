@@ -207,10 +207,11 @@ def doctor(migrator, tenants=(), exclude_tenants=(), shard=None):
         selection = select_tenants(
             migrator.discover_tenants(connection), migrator.shared_schema,
             only=tenants, exclude=exclude_tenants, shard=shard)
+        ahead = drift.build_ahead(migrator)  # while the versions are read
         versions = migrator.read_versions(connection, selection.schemas)
     positions = branch_status(migrator.script, TENANT, versions,
                               selection.schemas, selection.rejected)
-    return drift.examine(migrator, positions)
+    return drift.examine(migrator, positions, ahead)
 
 
 def branch_status(script, branch, versions, schemas, rejected=None):

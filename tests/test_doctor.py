@@ -365,3 +365,64 @@ def test_a_catalog_read_that_fails_is_read_again(project, db):
         with pytest.raises(CatalogUnreadable, match="division by zero"):
             drift.read_only(connection, lambda: read(connection, 3))
         assert len(attempts) == 3
+
+
+#: Foreign keys and checks in every form doctor writes from the catalog
+#: or once per distinct check: what it reads must be what
+#: pg_get_constraintdef writes for each.
+CONSTRAINTS = """
+CREATE TABLE public.plans (id int PRIMARY KEY, code text UNIQUE);
+CREATE TABLE "tenant_q"."Odd Table" (
+    "Weird Id" int, b int, c int, PRIMARY KEY ("Weird Id", b));
+CREATE TABLE tenant_q.things (
+    id int PRIMARY KEY,
+    parent_id int REFERENCES tenant_q.things,
+    plan_id int REFERENCES public.plans ON DELETE SET NULL,
+    plan_code text REFERENCES public.plans (code) MATCH FULL
+        ON UPDATE CASCADE ON DELETE RESTRICT,
+    x int DEFAULT 0, y int DEFAULT 0,
+    quantity int CONSTRAINT ck_quantity CHECK (quantity > 0),
+    CONSTRAINT fk_odd FOREIGN KEY (x, y)
+        REFERENCES tenant_q."Odd Table" ("Weird Id", b)
+        ON DELETE SET DEFAULT DEFERRABLE INITIALLY DEFERRED,
+    CONSTRAINT fk_odd_some FOREIGN KEY (x, y)
+        REFERENCES tenant_q."Odd Table" ON DELETE SET NULL (x),
+    CONSTRAINT ck_no_inherit CHECK (x >= 0) NO INHERIT,
+    CONSTRAINT ck_pair CHECK (x <= y));
+ALTER TABLE tenant_q.things ADD CONSTRAINT fk_later FOREIGN KEY (y)
+    REFERENCES public.plans NOT VALID;
+ALTER TABLE tenant_q.things ADD CONSTRAINT ck_later CHECK (y < 100)
+    NOT VALID;
+-- The same check expressions on a table whose columns are named
+-- otherwise, and on one with the same names: written once for each.
+CREATE TABLE tenant_q.others (
+    quantity int CONSTRAINT ck_quantity CHECK (quantity > 0),
+    z int CONSTRAINT ck_z CHECK (z > 0));
+CREATE TABLE tenant_q.renamed (
+    quantity int CONSTRAINT ck_quantity CHECK (quantity > 0));
+ALTER TABLE tenant_q.renamed RENAME COLUMN quantity TO amount;
+"""
+
+
+def test_constraints_read_as_pg_get_constraintdef_writes_them(project, db):
+    from pyramid_tenantmigrate.catalog import read_objects
+
+    create_schemas(db, "tenant_q")
+    with db.begin() as connection:
+        connection.exec_driver_sql(CONSTRAINTS)
+    with db.connect() as connection:
+        with connection.begin():
+            found = read_objects(connection, ["tenant_q"], "alembic_version")
+            written = dict(connection.exec_driver_sql(
+                "SELECT c.relname || '.' || k.conname, "
+                "pg_get_constraintdef(k.oid) FROM pg_constraint k "
+                "JOIN pg_class c ON c.oid = k.conrelid "
+                "WHERE k.connamespace = 'tenant_q'::regnamespace "
+                "AND k.contype IN ('f', 'c')").all())
+    read = {name: fields[1] for (kind, name), fields
+            in found["tenant_q"].items() if name in written}
+    assert read == written
+    assert len(written) == 13
+    assert written["renamed.ck_quantity"] == "CHECK ((amount > 0))"
+    assert written["things.fk_odd"].endswith(
+        "ON DELETE SET DEFAULT DEFERRABLE INITIALLY DEFERRED")
