@@ -381,6 +381,8 @@ CREATE TABLE tenant_q.things (
     plan_code text REFERENCES public.plans (code) MATCH FULL
         ON UPDATE CASCADE ON DELETE RESTRICT,
     x int DEFAULT 0, y int DEFAULT 0,
+    total int GENERATED ALWAYS AS (x * 2 + y) STORED,
+    label text DEFAULT 'a' || 'b',
     quantity int CONSTRAINT ck_quantity CHECK (quantity > 0),
     CONSTRAINT fk_odd FOREIGN KEY (x, y)
         REFERENCES tenant_q."Odd Table" ("Weird Id", b)
@@ -432,9 +434,21 @@ def test_constraints_read_as_pg_get_constraintdef_writes_them(
                 "JOIN pg_class c ON c.oid = k.conrelid "
                 "WHERE k.connamespace = 'tenant_q'::regnamespace "
                 "AND k.contype IN ('f', 'c')").all())
+            defaults = dict(connection.exec_driver_sql(
+                "SET LOCAL search_path TO pg_catalog; "
+                "SELECT c.relname || '.' || a.attname, pg_get_expr(d.adbin, "
+                "CASE WHEN a.attgenerated <> '' THEN d.adrelid ELSE 0 END) "
+                "FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
+                "JOIN pg_attribute a ON a.attrelid = d.adrelid "
+                "AND a.attnum = d.adnum "
+                "WHERE c.relnamespace = 'tenant_q'::regnamespace").all())
     read = {name: fields[1] for (kind, name), fields
             in found["tenant_q"].items() if name in written}
     assert read == written
+    assert {name: fields[2] for (kind, name), fields
+            in found["tenant_q"].items()
+            if kind == "column" and name in defaults} == defaults
+    assert defaults["things.total"] == "((x * 2) + y)"
     assert len(written) == (15 if since_18 else 13)
     assert written["renamed.ck_quantity"] == "CHECK ((amount > 0))"
     assert written["things.fk_odd"].endswith(
