@@ -128,12 +128,17 @@ relations AS MATERIALIZED (
     WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S', 'c', 'i', 'I')
       AND c.relname <> :version_table
 ),
+-- What has columns, indexes, constraints or triggers: the parts below
+-- scan these, not every relation.
+tables AS MATERIALIZED (
+    SELECT * FROM relations WHERE relkind IN ('r', 'p', 'f', 'm', 'v')
+),
 columns AS MATERIALIZED (
     SELECT t.nsp, t.qualifier, t.oid AS relid, t.relname, t.relkind,
            a.attnum,
            a.attname, a.atttypid, a.atttypmod, a.attnotnull,
            a.attidentity, a.attgenerated, a.attcollation, a.atthasdef
-    FROM relations t
+    FROM tables t
     CROSS JOIN LATERAL (
         SELECT a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull,
                a.attidentity, a.attgenerated, a.attcollation, a.atthasdef
@@ -144,7 +149,7 @@ columns AS MATERIALIZED (
 ),
 indexes AS MATERIALIZED (
     SELECT t.nsp, t.relname, i.*
-    FROM relations t
+    FROM tables t
     CROSS JOIN LATERAL (
         SELECT i.indexrelid, i.indrelid, i.indkey, i.indclass,
                i.indcollation, i.indoption, i.indnkeyatts, i.indisunique,
@@ -156,7 +161,7 @@ indexes AS MATERIALIZED (
 ),
 constraints AS MATERIALIZED (
     SELECT t.nsp, t.oid AS relid, t.relname, k.*
-    FROM relations t
+    FROM tables t
     CROSS JOIN LATERAL (
         SELECT k.oid, k.conname, k.contype, k.condeferrable,
                k.condeferred, k.convalidated, k.conindid, k.conkey,
@@ -193,7 +198,7 @@ outside_columns AS (
            c.relname::text AS relname
     FROM (SELECT DISTINCT k.confrelid FROM constraints k
           WHERE k.contype = 'f'
-          EXCEPT SELECT r.oid FROM relations r) o
+          EXCEPT SELECT r.oid FROM tables r) o
     JOIN pg_catalog.pg_class c ON c.oid = o.confrelid
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     CROSS JOIN LATERAL (
@@ -296,14 +301,14 @@ objects AS (
                CASE WHEN t.relispartition
                    THEN pg_catalog.pg_get_expr(t.relpartbound, t.oid) END
            ] AS fields
-    FROM relations t
+    FROM tables t
     WHERE t.relkind IN ('r', 'p', 'f')
   UNION ALL
     SELECT t.nsp, NULL, 'view', t.relname,
            ARRAY[CASE t.relkind WHEN 'v' THEN 'view'
                      ELSE 'materialized view' END,
                  pg_catalog.pg_get_viewdef(t.oid)]
-    FROM relations t
+    FROM tables t
     WHERE t.relkind IN ('v', 'm')
   UNION ALL
     SELECT c.nsp, c.relname, 'column', c.relname || '.' || c.attname,
@@ -457,7 +462,7 @@ objects AS (
                  CASE tg.tgenabled WHEN 'D' THEN 'disabled'
                      WHEN 'R' THEN 'replica only' WHEN 'A' THEN 'always'
                      ELSE 'enabled' END]
-    FROM relations t
+    FROM tables t
     CROSS JOIN LATERAL (
         SELECT tg.oid, tg.tgname, tg.tgenabled
         FROM pg_catalog.pg_trigger tg
