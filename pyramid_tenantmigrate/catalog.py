@@ -101,11 +101,13 @@ def _unqualified(expression):
     return f"substr({sql}, 2)"
 
 
-# Each part of the UNION ALL yields (nsp, parent, kind, name, fields):
-# ``parent`` is the table a column, constraint, index, trigger or owned
-# sequence belongs to, so that a missing table is reported once, not with
-# each of its parts (the owner of a sequence is looked up only for
-# ``:details``). It is not in the body: the fields say it. pg_class is
+# Each part of the UNION ALL yields (nsp, parent, kind, name, fields,
+# sort_name): ``parent`` is the table a column, constraint, index, trigger
+# or owned sequence belongs to, so that a missing table is reported once,
+# not with each of its parts (the owner of a sequence is looked up only
+# for ``:details``). It is not in the body: the fields say it.
+# ``sort_name`` orders a function by its name without the schema's
+# qualifier (its argument types carry it); NULL: by its name. pg_class is
 # read once for all the schemas (``relations``: their rows of it; it has
 # no index on the schema); the other catalog tables through their index on
 # the relation (the ``OFFSET 0`` subqueries keep the planner from
@@ -300,14 +302,16 @@ objects AS (
                 WHERE i.inhrelid = t.oid),
                CASE WHEN t.relispartition
                    THEN pg_catalog.pg_get_expr(t.relpartbound, t.oid) END
-           ] AS fields
+           ] AS fields,
+           NULL::text AS sort_name
     FROM tables t
     WHERE t.relkind IN ('r', 'p', 'f')
   UNION ALL
     SELECT t.nsp, NULL, 'view', t.relname,
            ARRAY[CASE t.relkind WHEN 'v' THEN 'view'
                      ELSE 'materialized view' END,
-                 pg_catalog.pg_get_viewdef(t.oid)]
+                 pg_catalog.pg_get_viewdef(t.oid)],
+           NULL
     FROM tables t
     WHERE t.relkind IN ('v', 'm')
   UNION ALL
@@ -321,7 +325,8 @@ objects AS (
                  CASE c.attgenerated WHEN 's' THEN 'STORED'
                      WHEN 'v' THEN 'VIRTUAL' END,
                  CASE WHEN c.attcollation <> ty.typcollation
-                     THEN c.attcollation::regcollation::text END]
+                     THEN c.attcollation::regcollation::text END],
+           NULL
     FROM columns c
     JOIN pg_catalog.pg_type ty ON ty.oid = c.atttypid
     LEFT JOIN LATERAL (
@@ -362,7 +367,8 @@ objects AS (
                      || CASE WHEN NOT k.convalidated THEN ' NOT VALID'
                             ELSE '' END
                  ELSE coalesce(ch.definition,
-                               pg_catalog.pg_get_constraintdef(k.oid)) END]
+                               pg_catalog.pg_get_constraintdef(k.oid)) END],
+           NULL
     FROM constraints k
     LEFT JOIN index_keys ik
       ON ik.indexrelid = k.conindid AND k.contype IN ('p', 'u')
@@ -383,7 +389,8 @@ objects AS (
                                                          ', ') || ')', '')
                  || coalesce(' WHERE ' || pg_catalog.pg_get_expr(
                         i.indpred, i.indrelid), ''),
-                 CASE WHEN i.indisvalid THEN 'valid' ELSE 'invalid' END]
+                 CASE WHEN i.indisvalid THEN 'valid' ELSE 'invalid' END],
+           NULL
     FROM indexes i
     JOIN relations ic ON ic.oid = i.indexrelid
     JOIN pg_catalog.pg_am am ON am.oid = ic.relam
@@ -402,7 +409,8 @@ objects AS (
            ARRAY[pg_catalog.format_type(s.seqtypid, NULL),
                  s.seqstart::text, s.seqincrement::text, s.seqmin::text,
                  s.seqmax::text, s.seqcache::text,
-                 CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END]
+                 CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END],
+           NULL
     FROM relations t
     CROSS JOIN LATERAL (
         SELECT s.seqtypid, s.seqstart, s.seqincrement, s.seqmin, s.seqmax,
@@ -446,7 +454,8 @@ objects AS (
                      FROM pg_catalog.pg_attribute a
                      WHERE a.attrelid = ty.typrelid AND a.attnum > 0
                        AND NOT a.attisdropped)
-                 END]
+                 END],
+           NULL
     FROM target t
     JOIN pg_catalog.pg_type ty ON ty.typnamespace = t.nsp
     WHERE (ty.typtype IN ('e', 'd', 'r')
@@ -461,7 +470,8 @@ objects AS (
            ARRAY[pg_catalog.pg_get_triggerdef(tg.oid),
                  CASE tg.tgenabled WHEN 'D' THEN 'disabled'
                      WHEN 'R' THEN 'replica only' WHEN 'A' THEN 'always'
-                     ELSE 'enabled' END]
+                     ELSE 'enabled' END],
+           NULL
     FROM tables t
     CROSS JOIN LATERAL (
         SELECT tg.oid, tg.tgname, tg.tgenabled
@@ -477,7 +487,11 @@ objects AS (
            ARRAY[CASE WHEN p.prokind = 'a'
                      THEN 'aggregate '
                           || pg_catalog.pg_get_function_result(p.oid)
-                     ELSE pg_catalog.pg_get_functiondef(p.oid) END]
+                     ELSE pg_catalog.pg_get_functiondef(p.oid) END],
+           """ + _unqualified(
+               "p.proname || '(' || "
+               "pg_catalog.pg_get_function_identity_arguments(p.oid) || ')'"
+           ) + """
     FROM target t
     JOIN pg_catalog.pg_proc p ON p.pronamespace = t.nsp
     WHERE NOT EXISTS (
@@ -501,12 +515,9 @@ bodies AS MATERIALIZED (
                    o.kind || chr(31) || o.name || chr(31)
                    || array_to_string(o.fields, chr(31), chr(30)),
                    chr(10) ORDER BY o.kind COLLATE "C",
-                   CASE WHEN o.kind = 'function'
-                       THEN """ + _unqualified('o.name') + """ ELSE o.name END
-                       COLLATE "C",
+                   coalesce(o.sort_name, o.name) COLLATE "C",
                    o.name COLLATE "C") AS body
         FROM objects o
-        JOIN target t ON t.nsp = o.nsp
         GROUP BY o.nsp) b ON b.nsp = t.nsp
 )"""
 
