@@ -265,13 +265,16 @@ def lint(migrator, rev_range=None, target=None, tenants=(),
                            shared)
     report = LintReport()
     estimates = _Estimates()
+    # Base first: a revision after those it builds on.
+    order = {revision.revision: index for index, revision in enumerate(
+        reversed(list(script.walk_revisions())))}
     for branch, destination in destinations:
         paths, runs_in = _pending_paths(
             script, branch, destination, versions,
             [shared] if branch == SHARED else schemas)
         if explicit is not None:
             paths = [explicit[1:]]
-        linted = set()
+        linted = {}
         for from_heads, steps in paths:
             new = [i for i, step in enumerate(steps)
                    if step.revision.revision not in linted]
@@ -281,11 +284,12 @@ def lint(migrator, rev_range=None, target=None, tenants=(),
             path = [step.revision.revision for step in steps]
             for index in new:
                 revision = path[index]
-                linted.add(revision)
-                report.revisions.append(_lint_revision(
+                linted[revision] = _lint_revision(
                     squawk, migrator, branch, captured[index],
-                    runs_in.get(revision, 0), catalog, estimates))
+                    runs_in.get(revision, 0), catalog, estimates)
                 estimates.paths[revision] = path
+        report.revisions.extend(sorted(
+            linted.values(), key=lambda r: order.get(r.revision, 0)))
     estimates.complete(report)
     return report
 
