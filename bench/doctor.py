@@ -64,6 +64,10 @@ def parse_args(argv):
                         "long (50)")
     p.add_argument("--url", help="a server's URL (role allowed to CREATE "
                    "DATABASE); default: an embedded server")
+    p.add_argument("--workers", type=int, default=None, metavar="W",
+                   help="tenantmigrate.workers for doctor and current "
+                        "(default: the CPU count, as bench/run.py's "
+                        "--workers)")
     p.add_argument("--setup-connections", type=int, default=2,
                    help="connections used to create the tenants")
     p.add_argument("--output", help="JSON file (default "
@@ -99,6 +103,9 @@ def bench(args, tool, url, workdir):
     project = dataset.Project(workdir, args.history, url,
                               dataset.HISTORIES[args.history])
     schemas = dataset.tenant_names(n)
+    workers = args.workers or os.cpu_count() or 1
+    with open(project.ini, "a") as f:
+        f.write(f"tenantmigrate.workers = {workers}\n")
     log("shared branch: tenant-migrate upgrade shared")
     run_timed([*tool, project.ini, "upgrade", "shared"],
               cwd=project.root).check("upgrade shared")
@@ -147,6 +154,7 @@ def bench(args, tool, url, workdir):
     return {
         "meta": {
             "tenants": n, "runs": args.runs, "drift": len(changed),
+            "workers": workers,
             "history": args.history,
             "tenant_revisions": len(project.history),
             "postgresql": admin(url, "SHOW server_version")[0][0],
@@ -197,7 +205,8 @@ def main(argv=None):
     meta, summary = results["meta"], results["summary"]
     print(json.dumps(results["summary"], indent=1))
     print(f"N={meta['tenants']} tenants ({meta['history']} history, "
-          f"{meta['tenant_revisions']} revs), PostgreSQL "
+          f"{meta['tenant_revisions']} revs), workers={meta['workers']}, "
+          f"PostgreSQL "
           f"{meta['postgresql']}, median of {meta['runs']} runs, commit "
           f"{meta['commit']}\n"
           f"doctor, clean fleet          {summary['clean_s']:.3f} s, "

@@ -104,14 +104,24 @@ def check(migrator, branches=(SHARED, TENANT)):
             for branch in branches}
 
 
-def upgrade(migrator, target="heads", **options):
+def upgrade(migrator, target="heads", force=False, **options):
     """Upgrade the shared schema, then the tenants, to ``target``.
 
     ``target`` is ``heads`` (default), ``shared``/``tenant`` (that branch's
     head), ``tenant@<rev>``, ``tenant@+1`` or a revision id. ``options``
     are those of :class:`~.run.RunOptions`.
+
+    With ``tenantmigrate.lint_before_upgrade``, what it would run is
+    linted first (:func:`.lint.gate`) and an error-level finding raises
+    :class:`~.errors.LintRefused`, nothing run, unless ``force``; the run
+    reuses the revisions lint rendered. ``sql`` does not lint.
     """
-    return run(migrator, UPGRADE, target, RunOptions(**options))
+    options = RunOptions(**options).resolve(migrator.settings)
+    if (migrator.settings.lint_before_upgrade and not force
+            and not options.sql):
+        from . import lint as lint_module
+        lint_module.gate(migrator, target, options)
+    return run(migrator, UPGRADE, target, options)
 
 
 def downgrade(migrator, target, **options):
@@ -219,10 +229,11 @@ def doctor(migrator, tenants=(), exclude_tenants=(), shard=None):
         selection = select_tenants(
             migrator.discover_tenants(connection), migrator.shared_schema,
             only=tenants, exclude=exclude_tenants, shard=shard)
+        ahead = drift.build_ahead(migrator)  # while the versions are read
         versions = migrator.read_versions(connection, selection.schemas)
     positions = branch_status(migrator.script, TENANT, versions,
                               selection.schemas, selection.rejected)
-    return drift.examine(migrator, positions)
+    return drift.examine(migrator, positions, ahead)
 
 
 def branch_status(script, branch, versions, schemas, rejected=None):

@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from .catalog import check_schemas, compare, read_objects, read_references
 from .engine.sql import timeouts_sql
 from .errors import CatalogUnreadable, DatabaseUnavailable, describe_error
+from .plan import TENANT, branch_heads
 from .report import (
     DRIFT,
     MISSING,
@@ -45,7 +46,7 @@ from .scratch import build_scratch, scratch_schema_name
 from .workers import WorkerPool
 
 #: Tenants per worker below which fewer connections check them: each
-#: statement scans the catalog tables once, whatever its share.
+#: statement scans pg_class once, whatever its share.
 PARALLEL_FROM = 500
 
 #: Reads of the catalog made before giving up (see :func:`read_only`).
@@ -57,11 +58,12 @@ CHANGED_MEANWHILE = {
     "text": "its catalog changed while doctor read it: run doctor again"}
 
 
-def examine(migrator, positions):
+def examine(migrator, positions, ahead=None):
     """Check the tenants of ``positions`` (a
     :class:`~.report.BranchStatus` of the tenant branch: each tenant's
     revision, as ``current`` reads it). Returns a
-    :class:`~.report.DriftReport`."""
+    :class:`~.report.DriftReport`. ``ahead``: what :func:`build_ahead`
+    returned before the versions were read."""
     report = DriftReport(head=positions.head,
                          rejected=dict(positions.rejected))
     for schema, problem in positions.unreadable.items():
@@ -80,7 +82,7 @@ def examine(migrator, positions):
             waiting.setdefault(heads, []).append((schema, behind))
     if not waiting:
         return report
-    references, failures = build_references(migrator, list(waiting))
+    references, failures = _references(migrator, list(waiting), ahead)
     for heads, error in failures.items():
         report.tenants.extend(
             TenantCheck(schema, UNCHECKED, heads, behind, note=(
@@ -102,6 +104,52 @@ def examine(migrator, positions):
                 report.tenants.append(TenantCheck(
                     schema, DRIFT if found else OK, heads, behind, found))
     return report
+
+
+def _references(migrator, revisions, ahead):
+    """:func:`build_references` for ``revisions``, those ``ahead`` built
+    taken from it."""
+    references, failures = ahead.result() if ahead is not None else ({}, {})
+    references = {h: r for h, r in references.items() if h in revisions}
+    failures = {h: e for h, e in failures.items() if h in revisions}
+    rest = [h for h in revisions if h not in references and h not in failures]
+    if rest:
+        built, failed = build_references(migrator, rest)
+        references.update(built)
+        failures.update(failed)
+    return references, failures
+
+
+class _Ahead:
+    """The tenant head's reference, built in a thread of its own."""
+
+    def __init__(self, migrator, heads):
+        self._outcome = None
+        self._thread = threading.Thread(
+            target=self._build, args=(migrator, heads), daemon=True,
+            name="tenantmigrate-doctor-head")
+        self._thread.start()
+
+    def _build(self, migrator, heads):
+        try:
+            self._outcome = (build_references(migrator, [heads]), None)
+        except BaseException as exc:
+            self._outcome = (None, exc)
+
+    def result(self):
+        self._thread.join()
+        built, error = self._outcome
+        if error is not None:
+            raise error
+        return built
+
+
+def build_ahead(migrator):
+    """Start building the reference of the tenant head (most tenants are
+    at it) while the caller reads the versions; :func:`examine` takes the
+    result as ``ahead``. ``None`` when the branch has no revision."""
+    heads = branch_heads(migrator.script, TENANT)
+    return _Ahead(migrator, heads) if heads else None
 
 
 def _destination(heads):

@@ -121,6 +121,22 @@ class MoveFailed(TenantMigrateError):
     """
 
 
+class LintRefused(TenantMigrateError):
+    """``upgrade`` with ``tenantmigrate.lint_before_upgrade``: lint found
+    an error-level finding in what it would run, so nothing was run
+    (``force=True``, ``--force``, runs it all the same). ``report`` is
+    the :class:`~pyramid_tenantmigrate.lint.LintReport`."""
+
+    def __init__(self, report):
+        self.report = report
+        first = report.errors[0]
+        super().__init__(
+            f"refusing to upgrade: revision {first.revision} has "
+            f"{len(report.errors)} lint error(s) ({first.rule}; "
+            "tenantmigrate.lint_before_upgrade is on); nothing was run, "
+            "pass --force (force=True from Python) to upgrade anyway")
+
+
 class StartupRefused(TenantMigrateError):
     """The app refused to start: ``tenantmigrate.startup`` found the
     database behind its migrations, or could not bring it to the heads."""

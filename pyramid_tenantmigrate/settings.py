@@ -381,14 +381,16 @@ SETTINGS = (
      "database has the citus extension, 12.0 or later; ``on``: required "
      "(exit 2 without it); ``off``."),
     ("lint_before_upgrade", _strict_bool, False,
-     "``tenant-migrate upgrade`` lints the revisions it will run first "
-     "(:doc:`lint`) and refuses, exit 1, when one has an error-level "
-     "finding; ``upgrade --force`` runs them all the same."),
+     "``upgrade`` (the command, ``commands.upgrade``, the startup hook) "
+     "lints the revisions it will run first (:doc:`lint`) and refuses, "
+     "exit 1, when one has an error-level finding; ``upgrade --force`` "
+     "(``force=True``) runs them all the same."),
     ("lint_errors", _aslist_flat, ("tenant-locks-shared-table",
                                    "require-concurrent-index-creation",
                                    "changing-column-type"),
      "The lint rules whose findings are errors (squawk's rule names, and "
-     "``tenant-locks-shared-table``); the others are warnings. squawk "
+     "``tenant-locks-shared-table``: its long locks only, see :doc:`lint`); "
+     "the others are warnings. squawk "
      "reports every rule as a warning."),
     ("lock_timeout", _milliseconds, 3000,
      "``SET LOCAL lock_timeout`` in each tenant's transaction: a duration "

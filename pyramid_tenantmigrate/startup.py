@@ -28,7 +28,7 @@ import logging
 from sqlalchemy.exc import DBAPIError
 
 from . import commands
-from .errors import StartupRefused
+from .errors import LintRefused, StartupRefused
 from .locking import RunLocked
 from .settings import PREFIX
 
@@ -139,6 +139,10 @@ def run_startup(migrator, mode=None, lock_wait=None, config_uri=None):
         raise StartupRefused(
             f"{PREFIX}startup = {mode}: {exc} (waited "
             f"{PREFIX}startup_lock_wait = {lock_wait:g}s)") from None
+    except LintRefused as exc:
+        raise StartupRefused(
+            f"{PREFIX}startup = {mode}: {exc}\n"
+            f"{exc.report.render_text()}") from None
     if not report.ok:
         raise StartupRefused(
             f"{PREFIX}startup = {mode}: the upgrade failed, so the app does "

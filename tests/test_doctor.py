@@ -365,3 +365,91 @@ def test_a_catalog_read_that_fails_is_read_again(project, db):
         with pytest.raises(CatalogUnreadable, match="division by zero"):
             drift.read_only(connection, lambda: read(connection, 3))
         assert len(attempts) == 3
+
+
+#: Foreign keys and checks in every form doctor writes from the catalog
+#: or once per distinct check: what it reads must be what
+#: pg_get_constraintdef writes for each.
+CONSTRAINTS = """
+CREATE TABLE public.plans (id int PRIMARY KEY, code text UNIQUE);
+CREATE TABLE "tenant_q"."Odd Table" (
+    "Weird Id" int, b int, c int, PRIMARY KEY ("Weird Id", b));
+CREATE TABLE tenant_q.things (
+    id int PRIMARY KEY,
+    parent_id int REFERENCES tenant_q.things,
+    plan_id int REFERENCES public.plans ON DELETE SET NULL,
+    plan_code text REFERENCES public.plans (code) MATCH FULL
+        ON UPDATE CASCADE ON DELETE RESTRICT,
+    x int DEFAULT 0, y int DEFAULT 0,
+    total int GENERATED ALWAYS AS (x * 2 + y) STORED,
+    label text DEFAULT 'a' || 'b',
+    quantity int CONSTRAINT ck_quantity CHECK (quantity > 0),
+    CONSTRAINT fk_odd FOREIGN KEY (x, y)
+        REFERENCES tenant_q."Odd Table" ("Weird Id", b)
+        ON DELETE SET DEFAULT DEFERRABLE INITIALLY DEFERRED,
+    CONSTRAINT fk_odd_some FOREIGN KEY (x, y)
+        REFERENCES tenant_q."Odd Table" ON DELETE SET NULL (x),
+    CONSTRAINT ck_no_inherit CHECK (x >= 0) NO INHERIT,
+    CONSTRAINT ck_pair CHECK (x <= y));
+ALTER TABLE tenant_q.things ADD CONSTRAINT fk_later FOREIGN KEY (y)
+    REFERENCES public.plans NOT VALID;
+ALTER TABLE tenant_q.things ADD CONSTRAINT ck_later CHECK (y < 100)
+    NOT VALID;
+-- The same check expressions on a table whose columns are named
+-- otherwise, and on one with the same names: written once for each.
+CREATE TABLE tenant_q.others (
+    quantity int CONSTRAINT ck_quantity CHECK (quantity > 0),
+    z int CONSTRAINT ck_z CHECK (z > 0));
+CREATE TABLE tenant_q.renamed (
+    quantity int CONSTRAINT ck_quantity CHECK (quantity > 0));
+ALTER TABLE tenant_q.renamed RENAME COLUMN quantity TO amount;
+"""
+
+
+#: What PostgreSQL 18 adds: constraints not enforced.
+CONSTRAINTS_18 = """
+ALTER TABLE tenant_q.things ADD CONSTRAINT fk_unenforced FOREIGN KEY (x)
+    REFERENCES public.plans NOT ENFORCED;
+ALTER TABLE tenant_q.others ADD CONSTRAINT ck_unenforced CHECK (z > 0)
+    NOT ENFORCED;
+"""
+
+
+def test_constraints_read_as_pg_get_constraintdef_writes_them(
+        project, db, server_version):
+    from pyramid_tenantmigrate.catalog import read_objects
+
+    create_schemas(db, "tenant_q")
+    since_18 = int(server_version) >= 180000
+    with db.begin() as connection:
+        connection.exec_driver_sql(CONSTRAINTS)
+        if since_18:
+            connection.exec_driver_sql(CONSTRAINTS_18)
+    with db.connect() as connection:
+        with connection.begin():
+            found = read_objects(connection, ["tenant_q"], "alembic_version")
+            written = dict(connection.exec_driver_sql(
+                "SELECT c.relname || '.' || k.conname, "
+                "pg_get_constraintdef(k.oid) FROM pg_constraint k "
+                "JOIN pg_class c ON c.oid = k.conrelid "
+                "WHERE k.connamespace = 'tenant_q'::regnamespace "
+                "AND k.contype IN ('f', 'c')").all())
+            defaults = dict(connection.exec_driver_sql(
+                "SET LOCAL search_path TO pg_catalog; "
+                "SELECT c.relname || '.' || a.attname, pg_get_expr(d.adbin, "
+                "CASE WHEN a.attgenerated <> '' THEN d.adrelid ELSE 0 END) "
+                "FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
+                "JOIN pg_attribute a ON a.attrelid = d.adrelid "
+                "AND a.attnum = d.adnum "
+                "WHERE c.relnamespace = 'tenant_q'::regnamespace").all())
+    read = {name: fields[1] for (kind, name), fields
+            in found["tenant_q"].items() if name in written}
+    assert read == written
+    assert {name: fields[2] for (kind, name), fields
+            in found["tenant_q"].items()
+            if kind == "column" and name in defaults} == defaults
+    assert defaults["things.total"] == "((x * 2) + y)"
+    assert len(written) == (15 if since_18 else 13)
+    assert written["renamed.ck_quantity"] == "CHECK ((amount > 0))"
+    assert written["things.fk_odd"].endswith(
+        "ON DELETE SET DEFAULT DEFERRABLE INITIALLY DEFERRED")

@@ -655,3 +655,28 @@ def test_placements_from_a_callable(fleet):
         "tenantmigrate.placement_query": "SELECT 1, 2"})
     result = project.run("current", check=2)
     assert "contradictory settings" in result.stderr
+
+
+def test_the_lint_gate_lints_each_database_of_the_fleet(fleet):
+    from pyramid_tenantmigrate import lint
+    if not lint.squawk_path():
+        pytest.skip("squawk-cli is not installed (the lint extra)")
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("a", "tenant_a1")
+    fleet.tenants("c", "tenant_c1")
+    project.run("upgrade", check=0)
+    with fleet.engines["c"].begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO tenant_c1.notes (title) SELECT repeat('x', 20) "
+            "FROM generate_series(1, 2000); ANALYZE tenant_c1.notes")
+    project.write_revision("tenant", "t3", "t2", """
+        op.alter_column("notes", "title", type_=sa.String(50))
+        """)
+    project.write_ini(**{"tenantmigrate.lint_before_upgrade": "true"})
+    refused = project.run("upgrade", check=1)
+    assert "refusing to upgrade: revision t3" in refused.stderr
+    assert fleet.version("a", "tenant_a1") == ["t2"]
+    assert fleet.version("c", "tenant_c1") == ["t2"]
+    project.run("upgrade", "--force", check=0)
+    assert fleet.version("c", "tenant_c1") == ["t3"]

@@ -251,3 +251,248 @@ def test_lint_errors_says_which_rules_are_errors(project, db):
     assert severities[("t2", "require-concurrent-index-creation")] == (
         "warning")
     assert severities[("t4", "tenant-locks-shared-table")] == "warning"
+
+
+def _shared_lock(document, revision):
+    [finding] = [f for r in document["revisions"] if r["revision"] == revision
+                 for f in r["findings"]
+                 if f["rule"] == "tenant-locks-shared-table"]
+    return finding
+
+
+def test_a_foreign_key_that_checks_no_rows_is_a_warning(project, db):
+    """The lock on the shared table is brief where PostgreSQL checks no
+    existing rows: a new table, NOT VALID, a new column without a default,
+    a tenant table empty in every tenant."""
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2", "t1", """
+        op.create_table("tags",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("account_id", sa.Integer,
+                      sa.ForeignKey("public.accounts.id")))
+        """)
+    project.write_revision("tenant", "t3", "t2", """
+        op.create_foreign_key("fk_notes_account", "notes", "accounts",
+                              ["account_id"], ["id"],
+                              referent_schema="public",
+                              postgresql_not_valid=True)
+        """)
+    project.write_revision("tenant", "t4", "t3", """
+        op.execute("ALTER TABLE notes ADD COLUMN owner_id integer "
+                   "REFERENCES public.accounts (id)")
+        """)
+    project.write_revision("tenant", "t5", "t4", """
+        op.create_foreign_key("fk_tags_account", "tags", "accounts",
+                              ["account_id"], ["id"],
+                              referent_schema="public")
+        """)
+    result = project.cli("lint", check=0)
+    assert "0 error(s)" in result.stdout
+    assert ("brief, it checks no existing rows (a new table)"
+            in result.stdout)
+
+    document = json.loads(project.cli("lint", "--json", check=0).stdout)
+    for revision in ("t2", "t3", "t4", "t5"):
+        finding = _shared_lock(document, revision)
+        assert finding["severity"] == "warning", (revision, finding)
+        assert finding["shared_tables_locked"] == ["public.accounts"]
+        assert "blocks its writers" in finding["message"]
+        assert "each time until that tenant commits" in finding["message"]
+        # Nothing after it reads or rewrites a table in the transaction.
+        assert finding["estimated_lock_seconds"] == 0.0
+    assert "(NOT VALID)" in _shared_lock(document, "t3")["message"]
+    assert "(a new column without a default)" in _shared_lock(
+        document, "t4")["message"]
+    assert "(tags is empty in every tenant)" in _shared_lock(
+        document, "t5")["message"]
+
+    # The same foreign key on tags once tags has rows: checked, an error.
+    project.run("upgrade", "tenant@t4", check=0)
+    with db.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO tenant_big.tags SELECT g, 1 "
+            "FROM generate_series(1, 100) g")
+        connection.exec_driver_sql("ANALYZE tenant_big.tags")
+    finding = _shared_lock(json.loads(project.cli(
+        "lint", "--json", check=1).stdout), "t5")
+    assert finding["severity"] == "error"
+    assert "checks the tenant table's existing rows" in finding["message"]
+    assert "NOT VALID" in finding["help"]
+
+
+def test_a_checked_foreign_key_is_an_error_with_its_lock_time(project, db):
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2", "t1", """
+        op.create_foreign_key("fk_notes_account", "notes", "accounts",
+                              ["account_id"], ["id"],
+                              referent_schema="public")
+        """)
+    # Later in the same transaction: a rewrite of notes, which keeps the
+    # shared table locked; after an autocommit block, nothing does.
+    project.write_revision("tenant", "t3", "t2", """
+        op.alter_column("notes", "title", type_=sa.String(300))
+        with op.get_context().autocommit_block():
+            op.create_index("ix_notes_title", "notes", ["title"],
+                            postgresql_concurrently=True)
+        op.alter_column("notes", "account_id", type_=sa.BigInteger)
+        """)
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
+    finding = _shared_lock(document, "t2")
+    assert finding["severity"] == "error"
+    notes = finding["tables"]["notes"]
+    accounts = finding["tables"]["public.accounts"]
+    assert notes["schema"] == "tenant_big" and notes["rows"] == 500
+    checking = (notes["bytes"] + accounts["bytes"]) / BYTES_PER_SECOND
+    [t3] = [r for r in document["revisions"] if r["revision"] == "t3"]
+    [rewrite] = [f for f in t3["findings"]
+                 if f["rule"] == "changing-column-type"
+                 and f["statement_index"] == 0]
+    assert finding["estimated_lock_seconds"] == pytest.approx(
+        checking + rewrite["estimated_lock_seconds"], abs=0.002)
+    assert "up to ~2 x that over the run" in finding["message"]
+
+
+def test_empty_tenant_tables_make_a_checked_foreign_key_a_warning(
+        project, db):
+    project.write_revision("shared", "s1", None, """
+        op.create_table("accounts",
+            sa.Column("id", sa.Integer, primary_key=True))
+        """)
+    project.write_revision("tenant", "t1", None, """
+        op.create_table("notes",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("account_id", sa.Integer))
+        """)
+    create_schemas(db, "tenant_a", "tenant_b")
+    project.run("upgrade", check=0)
+    project.write_revision("tenant", "t2", "t1", """
+        op.create_foreign_key("fk_notes_account", "notes", "accounts",
+                              ["account_id"], ["id"],
+                              referent_schema="public")
+        """)
+    document = json.loads(project.cli("lint", "--json", check=0).stdout)
+    assert _shared_lock(document, "t2")["severity"] == "warning"
+
+
+def test_every_pending_path_is_linted_once(project, db):
+    """Tenants at different revisions of a branchy history run different
+    steps: each revision is linted once, counted for every tenant that
+    runs it."""
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2a", "t1", """
+        op.create_index("ix_notes_title", "notes", ["title"])
+        """)
+    project.write_revision("tenant", "t2b", "t1", """
+        op.add_column("notes", sa.Column("body", sa.Text))
+        """)
+    project.write_revision("tenant", "t3", ("t2a", "t2b"), """
+        op.alter_column("notes", "account_id", type_=sa.BigInteger)
+        """)
+    project.run("upgrade", "tenant@t2a", "--tenant", "tenant_big", check=0)
+    project.run("upgrade", "tenant@t2b", "--tenant", "tenant_small", check=0)
+
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
+    runs_in = {r["revision"]: r["runs_in"] for r in document["revisions"]}
+    assert runs_in == {"t2a": 1, "t2b": 1, "t3": 2}
+    # In the order of the history, whichever path found them.
+    assert list(runs_in)[-1] == "t3"
+    [t2a] = [r for r in document["revisions"] if r["revision"] == "t2a"]
+    assert [f["rule"] for f in t2a["findings"]] == [
+        "require-concurrent-index-creation"]
+
+
+def test_upgrade_from_python_lints_first_and_renders_once(
+        project, db, monkeypatch):
+    from pyramid_tenantmigrate import commands
+    from pyramid_tenantmigrate.engine import capture, program
+    from pyramid_tenantmigrate.errors import LintRefused
+
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    project.run("upgrade", "tenant@t2", "--tenant", "tenant_small", check=0)
+    migrator = project.migrator(
+        **{"tenantmigrate.lint_before_upgrade": "true"})
+    captures = []
+
+    def counting(migrator, steps, from_heads, branch="tenant"):
+        captures.append((tuple(from_heads),
+                         tuple(s.revision.revision for s in steps)))
+        return capture.capture_steps(migrator, steps, from_heads, branch)
+
+    monkeypatch.setattr(program, "capture_steps", counting)
+    with pytest.raises(LintRefused) as refused:
+        commands.upgrade(migrator)
+    assert "revision t2 has 3 lint error(s)" in str(refused.value)
+    assert refused.value.report.errors
+    assert version_of(db, "tenant_big") == ["t1"]
+    # Both groups' paths: tenant_big from t1 (t2 to t4), tenant_small
+    # from t2 (its steps are already linted: not rendered by lint).
+    assert captures == [(("t1",), ("t2", "t3", "t4"))]
+
+    report = commands.upgrade(migrator, force=True)
+    assert report.ok
+    assert version_of(db, "tenant_big") == ["t4"]
+    assert version_of(db, "tenant_small") == ["t4"]
+    # The run rendered only the group lint had not: tenant_small's.
+    assert captures == [(("t1",), ("t2", "t3", "t4")),
+                        (("t2",), ("t3", "t4"))]
+
+
+def test_the_gate_passes_warnings_and_runs_once_rendered(
+        project, db, monkeypatch):
+    from pyramid_tenantmigrate import commands
+    from pyramid_tenantmigrate.engine import capture, program
+
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2", "t1", """
+        op.create_table("tags",
+            sa.Column("id", sa.Integer, primary_key=True),
+            sa.Column("account_id", sa.Integer,
+                      sa.ForeignKey("public.accounts.id")))
+        """)
+    migrator = project.migrator(
+        **{"tenantmigrate.lint_before_upgrade": "true"})
+    captures = []
+
+    def counting(migrator, steps, from_heads, branch="tenant"):
+        captures.append(tuple(s.revision.revision for s in steps))
+        return capture.capture_steps(migrator, steps, from_heads, branch)
+
+    monkeypatch.setattr(program, "capture_steps", counting)
+    report = commands.upgrade(migrator)
+    assert report.ok
+    assert version_of(db, "tenant_big") == ["t2"]
+    assert captures == [("t2",)]
+
+
+def test_shared_table_ddl_is_an_error_and_shared_rows_a_warning(
+        project, db):
+    _tenants_with_rows(project, db)
+    project.write_revision("tenant", "t2", "t1", """
+        op.execute("UPDATE public.accounts SET id = id WHERE id = 1")
+        """)
+    project.write_revision("tenant", "t3", "t2", """
+        op.execute("LOCK TABLE public.accounts IN SHARE MODE")
+        """)
+    document = json.loads(project.cli("lint", "--json", check=1).stdout)
+    rows, lock = _shared_lock(document, "t2"), _shared_lock(document, "t3")
+    assert rows["severity"] == "warning"
+    assert "writes rows of shared table(s) public.accounts" in rows[
+        "message"]
+    assert lock["severity"] == "error"
+    assert "public.accounts itself" in lock["message"]
+
+
+def test_the_startup_hook_is_gated_too(project, db):
+    from pyramid_tenantmigrate.errors import StartupRefused
+    from pyramid_tenantmigrate.startup import run_startup
+
+    _tenants_with_rows(project, db)
+    _risky_revisions(project)
+    migrator = project.migrator(
+        **{"tenantmigrate.lint_before_upgrade": "true"})
+    with pytest.raises(StartupRefused, match="refusing to upgrade: "
+                       "revision t2") as refused:
+        run_startup(migrator, mode="all")
+    assert "tenant-locks-shared-table" in str(refused.value)
+    assert version_of(db, "tenant_big") == ["t1"]

@@ -12,7 +12,7 @@ them for the life of a run, or of a migrator for provisioning.
 """
 import re
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..plan import heads_after
 from .capture import capture_steps
@@ -36,7 +36,9 @@ class ProgramStep:
     read (it may fail with :data:`.sql.READ_DIFFERS` in a tenant).
     ``in_place``: where a check fails, the revision runs through Alembic
     right there, from a savepoint taken before it in the same transaction
-    (see :func:`build_program`).
+    (see :func:`build_program`). ``captured``: what capture saw
+    (:class:`~.capture.CapturedRevision`; what ``lint`` lints), ``None``
+    without capture.
     """
 
     step: object
@@ -49,6 +51,7 @@ class ProgramStep:
     controls_transaction: bool = False
     checked: bool = False
     in_place: bool = False
+    captured: object = field(default=None, repr=False, compare=False)
 
     @property
     def has_block(self):
@@ -185,6 +188,7 @@ def build_program(steps, from_heads, captured=None, operation="upgrade",
             step, revision, heads, replay=replay, reason=cap.reason,
             memo_before=cap.memo_before, memo_after=cap.memo_after,
             controls_transaction=cap.controls_transaction, checked=checked,
+            captured=cap,
             # Commits nothing by itself: a savepoint before it undoes
             # exactly what it did.
             in_place=(checked and replay is not None

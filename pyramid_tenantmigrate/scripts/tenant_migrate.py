@@ -528,17 +528,19 @@ class TenantMigrateCommand:
 
     def command_upgrade(self, migrator, positionals):
         from .. import commands
+        from ..errors import LintRefused
         target = self._one_positional(positionals, "target", False)
-        if (migrator.settings.lint_before_upgrade and not self.options.force
-                and not self.options.sql):
-            refused = self._lint_gate(migrator)
-            if refused:
-                return refused
-        return self._run_report(commands.upgrade, migrator, target or "heads",
-                                create_missing=self.options.create_missing,
-                                waves=self.options.waves,
-                                canaries=tuple(self.options.canary),
-                                confirm_wave=self._wave_pause())
+        try:
+            return self._run_report(
+                commands.upgrade, migrator, target or "heads",
+                force=self.options.force,
+                create_missing=self.options.create_missing,
+                waves=self.options.waves,
+                canaries=tuple(self.options.canary),
+                confirm_wave=self._wave_pause())
+        except LintRefused as exc:
+            self.err(exc.report.render_text())
+            raise
 
     def _wave_pause(self):
         """``--wave-pause``: a question on the terminal after each wave but
@@ -556,21 +558,6 @@ class TenantMigrateCommand:
                      "the next wave? [y/N]")
             return self.stdin.readline().strip().lower() in ("y", "yes")
         return confirm
-
-    def _lint_gate(self, migrator):
-        """Exit code 1 when lint finds errors in what upgrade would run
-        (tenantmigrate.lint_before_upgrade), else ``None``."""
-        from .. import commands
-        report = commands.lint(migrator)
-        if report.ok:
-            return None
-        self.err(report.render_text())
-        first = report.errors[0]
-        self.err(f"tenant-migrate: error: refusing to upgrade: revision "
-                 f"{first.revision} has {len(report.errors)} lint error(s) "
-                 f"({first.rule}; tenantmigrate.lint_before_upgrade is on); "
-                 "nothing was run, pass --force to upgrade anyway")
-        return 1
 
     def command_lint(self, migrator, positionals):
         from .. import commands
