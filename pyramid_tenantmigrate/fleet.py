@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS {placements} (
 CREATE TABLE IF NOT EXISTS {intents} (
     schema_name text PRIMARY KEY,
     database text NOT NULL,
+    token text,
     started timestamptz NOT NULL DEFAULT now()
 )
 """
@@ -176,11 +177,30 @@ class Fleet:
             placements = self.placements()
         moving = self.moving()
         if self.catalog_source:
+            # Not yet a tenant: a sign-up's schema until it is placed.
+            moving = moving | self.signing_up()
             found = discover_tenant_schemas(connection, self.settings)
             return [schema for schema in found if schema not in moving
                     and placements.get(schema, name) == name]
         return [schema for schema in self.listed_tenants()
                 if placements.get(schema) == name and schema not in moving]
+
+    def signing_up(self):
+        """Schemas of sign-ups under way (or cut short): an intent, no
+        placement yet (:mod:`.placement`)."""
+        if self.settings.app_keeps_placements:
+            return set()
+        shared = self.settings.shared_schema
+        control = self.database(self.control)
+        with control.connect(control.run_engine) as connection:
+            if not connection.execute(
+                    text("SELECT to_regclass(:t) IS NOT NULL"),
+                    {"t": intents_table(shared)}).scalar():
+                return set()
+            return set(connection.exec_driver_sql(
+                f"SELECT i.schema_name FROM {intents_table(shared)} i "
+                f"WHERE NOT EXISTS (SELECT FROM {placements_table(shared)} "
+                "p WHERE p.schema_name = i.schema_name)").scalars())
 
     def moving(self):
         """The tenants under a live move (:func:`.moving.live_moves`)."""
@@ -200,19 +220,7 @@ class Fleet:
         placements = self.placements()
         where, unplaced = {}, {}
         if self.catalog_source:
-            for member in self.members():
-                try:
-                    with member.connect(member.run_engine) as connection:
-                        found = discover_tenant_schemas(connection,
-                                                        self.settings)
-                except Exception:
-                    found = [s for s, d in placements.items()
-                             if d == member.database_name]
-                for schema in found:
-                    if placements.get(schema, member.database_name) == (
-                            member.database_name):
-                        where.setdefault(schema, member.database_name)
-            return where, unplaced
+            return self._found_in_catalogs(placements)
         for schema in self.listed_tenants():
             database = placements.get(schema)
             if database is None:
@@ -225,6 +233,38 @@ class Fleet:
                     "tenantmigrate.databases does not list")
             else:
                 where[schema] = database
+        return where, unplaced
+
+    def _found_in_catalogs(self, placements):
+        """:meth:`all_tenants` for a catalog source: each database's
+        schemas, where their placement (if any) agrees."""
+        held, where, unplaced = {}, {}, {}
+        skip = self.signing_up()
+        for member in self.members():
+            try:
+                with member.connect(member.run_engine) as connection:
+                    found = discover_tenant_schemas(connection,
+                                                    self.settings)
+            except Exception:
+                found = [s for s, d in placements.items()
+                         if d == member.database_name]
+            for schema in found:
+                if schema not in skip:
+                    held.setdefault(schema, []).append(member.database_name)
+        for schema, databases in held.items():
+            placed = placements.get(schema)
+            if placed in databases or (placed is None
+                                       and len(databases) == 1):
+                where[schema] = placed or databases[0]
+            elif placed is None:
+                unplaced[schema] = (
+                    f"found on {', '.join(databases)}: run 'tenant-migrate "
+                    "<ini> placements'")
+            else:
+                unplaced[schema] = (
+                    f"placed on database {placed!r} but found on "
+                    f"{', '.join(databases)}: run 'tenant-migrate <ini> "
+                    "placements'")
         return where, unplaced
 
     def counts(self):

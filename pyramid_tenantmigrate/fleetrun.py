@@ -91,8 +91,7 @@ class FleetRun:
         the other."""
         self.workers = _workers(self.fleet.settings, self.options.workers,
                                 len(parts))
-        if self.fleet.control not in [part.name for part in parts]:
-            self.control_shared.set()
+        self._prepare(parts, sequential)
         if sequential:
             for part in parts:
                 self.run_part(part)
@@ -121,11 +120,73 @@ class FleetRun:
                        canaries=here(self.canaries), workers=self.workers,
                        progress=self.progress)
 
+    def _prepare(self, parts, sequential):
+        control = self.fleet.control
+        runs_control = control in [part.name for part in parts] and not (
+            self.tenants and not self.part_options(control).tenants)
+        if not runs_control or sequential:
+            # One after the other, nothing runs beside the control
+            # database's shared branch: no part waits for it.
+            self.control_shared.set()
+        if not runs_control:
+            self._check_control_shared()
+        if self.options.retry_failed:
+            self._check_last_fleet_run(parts)
+
+    def _check_control_shared(self):
+        """Revisions are captured on the control database: when its part
+        may not run, its shared schema must already be at its head."""
+        control = self.fleet.database(self.fleet.control)
+        if self.operation != UPGRADE or not any(
+                branch != SHARED for branch, _ in self.destinations):
+            return
+        problem = _shared_behind(control, UPGRADE, [
+            (branch, d) for branch, d in self.destinations
+            if branch != SHARED])
+        if problem is not None:
+            raise UsageError(
+                f"revisions are captured on the control database "
+                f"({self.fleet.control}), which this run leaves out, and its "
+                f"shared schema is behind its head: run 'tenant-migrate "
+                f"<ini> upgrade shared --database {self.fleet.control}' "
+                "first; nothing was run")
+
+    def _check_last_fleet_run(self, parts):
+        """``--retry-failed`` takes each database's last run; a database
+        the last fleet run did not reach (unreachable, locked, added
+        since) has nothing recorded of it, so it is run in full instead
+        of being found to have nothing to retry."""
+        from .runlog import recent_runs
+        last = {}
+        for part in parts:
+            member = self.fleet.database(part.name)
+            try:
+                with member.connect(member.run_engine) as connection:
+                    rows = [row for row in recent_runs(
+                        connection, member.shared_schema, limit=50)
+                        if row.command == self.operation
+                        and row.status != "running"]
+            except (TenantMigrateError, DBAPIError):
+                continue  # its part reports it
+            last[part.name] = rows[0] if rows else None
+        runs = [row for row in last.values() if row is not None]
+        newest = max(runs, key=lambda row: row.started).fleet_run if (
+            runs) else None
+        for part in parts:
+            row = last.get(part.name, False)
+            if row is not False and (row is None or row.fleet_run != newest
+                                     or newest is None):
+                part.full_retry = True
+
     def run_part(self, part):
-        member = self.fleet.database(part.name)
         is_control = part.name == self.fleet.control
-        options = self.part_options(part.name)
         try:
+            member = self.fleet.database(part.name)
+            options = self.part_options(part.name)
+            if part.full_retry:
+                options = replace(options, retry_failed=False)
+                part.note = ("the last fleet run did not reach this "
+                             "database: all its tenants were run")
             if self.tenants and not options.tenants:
                 part.skipped = "none of the selected tenants is here"
                 return
@@ -143,6 +204,8 @@ class FleetRun:
             part.error = exc
         except (TenantMigrateError, DBAPIError) as exc:
             part.problem = " ".join(str(exc).split())
+        except Exception as exc:  # reported, never a hung fleet
+            part.problem = f"{type(exc).__name__}: {exc}"
         finally:
             if is_control:
                 self.control_shared.set()
@@ -244,6 +307,9 @@ class DatabasePart:
     problem: str = None
     #: Why it was left out on purpose (no selected tenant there).
     skipped: str = None
+    #: ``--retry-failed`` found no record of the last fleet run here.
+    full_retry: bool = False
+    note: str = None
     error: Exception = field(default=None, repr=False)
 
     @property
@@ -256,6 +322,7 @@ class DatabasePart:
     def to_dict(self):
         return {"database": self.name, "url": self.url, "ok": self.ok,
                 "problem": self.problem, "skipped": self.skipped,
+                "note": self.note,
                 "tenants": len(self.tenants),
                 "report": self.report.to_dict() if self.report else None}
 
@@ -272,6 +339,8 @@ class DatabasePart:
                     "migrated: " + ", ".join(self.tenants[:10])
                     + (" ..." if len(self.tenants) > 10 else ""))
         body = self.report.render_text()
+        if self.note:
+            body = f"note: {self.note}\n" + body
         return head + ":\n" + "\n".join(
             "  " + line for line in body.splitlines())
 

@@ -23,6 +23,8 @@ the commit, the ``creating`` row is left: :func:`repair` (``tenant-migrate
 once no sign-up is in flight.
 """
 import logging
+import secrets
+import threading
 from dataclasses import dataclass, field
 
 from sqlalchemy import event, text
@@ -103,42 +105,56 @@ def create_placed_tenant(migrator, name, *, connection=None, dbsession=None,
         _lock_provisioning_shared(caller, settings.shared_schema)
         candidates = ([database] if database is not None
                       else choose_database(fleet, schema))
-        chosen = _create_somewhere(fleet, control, schema, candidates,
-                                   registry, request)
+        chosen, token = _create_somewhere(fleet, control, schema,
+                                          candidates, registry, request)
+        # From here on, the caller's rollback (or a failure before the
+        # placement is written) drops what was made.
+        _undo_on_rollback(caller, fleet, schema, chosen, token)
+        try:
+            caller.execute(text(
+                f"INSERT INTO {placements_table(settings.shared_schema)} "
+                "(schema_name, database) VALUES (:schema, :database)"),
+                {"schema": schema, "database": chosen})
+            if own:
+                caller.commit()
+        except BaseException:
+            _drop_later(fleet, schema, chosen, token)
+            raise
         # The app may scope a session to it at once (a fleet's sessions
         # are bound to the tenant's database: sessions.py).
         migrator.tenant_directory.created(schema, database=chosen)
-        caller.execute(text(
-            f"INSERT INTO {placements_table(settings.shared_schema)} "
-            "(schema_name, database) VALUES (:schema, :database)"),
-            {"schema": schema, "database": chosen})
         if own:
-            caller.commit()
             _forget_intent(control, schema)
-        else:
-            _undo_on_rollback(caller, fleet, schema, chosen)
-            if dbsession is not None:
-                provisioning._mark_changed(dbsession, transaction_manager)
+        elif dbsession is not None:
+            provisioning._mark_changed(dbsession, transaction_manager)
     finally:
         if own:
             caller.close()
     return chosen
 
 
+def _sign_up_mark(token):
+    """The comment a sign-up puts on the schema it makes: only a schema
+    carrying its intent's mark is ever dropped for it."""
+    return f"tenantmigrate sign-up {token}"
+
+
 def _create_somewhere(fleet, control, schema, candidates, registry,
                       request):
-    """Steps 2 and 3 on the first candidate that can be reached."""
+    """Steps 2 and 3 on the first candidate that can be reached:
+    ``(database, token)``."""
     from . import provisioning
 
     problems = []
     for database in candidates:
         member = fleet.database(database)
-        _record_intent(control, schema, database)
+        token = _record_intent(control, schema, database)
         try:
             provisioning.create_tenant(
                 member, schema, registry=registry, request=request,
-                lock_provisioning=member is not control)
-            return database
+                lock_provisioning=member is not control,
+                mark=_sign_up_mark(token))
+            return database, token
         except DatabaseUnavailable as exc:
             _forget_intent(control, schema)
             problems.append(f"{database}: {exc}")
@@ -151,8 +167,10 @@ def _create_somewhere(fleet, control, schema, candidates, registry,
 
 
 def _record_intent(control, schema, database):
+    """Commit the intent row; return its token."""
     shared = control.shared_schema
     placements, intents = placements_table(shared), intents_table(shared)
+    token = secrets.token_hex(8)
     with control.connect(control.run_engine) as connection:
         with connection.begin():
             # Intents of sign-ups that committed are done with.
@@ -163,12 +181,14 @@ def _record_intent(control, schema, database):
                 f"SELECT 1 FROM {placements} WHERE schema_name = :schema"),
                 {"schema": schema}).scalar()
             inserted = not placed and connection.execute(text(
-                f"INSERT INTO {intents} (schema_name, database) "
-                "VALUES (:schema, :database) "
+                f"INSERT INTO {intents} (schema_name, database, token) "
+                "VALUES (:schema, :database, :token) "
                 "ON CONFLICT (schema_name) DO NOTHING RETURNING 1"),
-                {"schema": schema, "database": database}).scalar()
+                {"schema": schema, "database": database,
+                 "token": token}).scalar()
     if not inserted:
         raise TenantExists(schema)
+    return token
 
 
 def _forget_intent(control, schema):
@@ -184,38 +204,41 @@ def _forget_intent(control, schema):
                     schema, exc_info=True)
 
 
-def _undo_on_rollback(connection, fleet, schema, database):
+def _undo_on_rollback(connection, fleet, schema, database, token):
     """When the caller's transaction rolls back, the tenant made on
-    ``database`` is dropped and its intent deleted. (The listener runs
-    just before the rollback: it touches nothing the caller's transaction
-    holds.)"""
+    ``database`` is dropped and its intent deleted."""
+    # Listeners live as long as the connection (one checkout). Each
+    # rollback looks again: _drop_created does nothing once the placement
+    # committed.
+    def rolled_back(conn, *args):
+        _drop_later(fleet, schema, database, token)
 
-    # Listeners live as long as the connection (one checkout); they act
-    # once, for the transaction that is open now.
-    settled = []
+    for name in ("rollback", "rollback_twophase"):
+        event.listen(connection, name, rolled_back)
 
-    def rolled_back(conn):
-        if settled:
-            return
-        settled.append(True)
+
+def _drop_later(fleet, schema, database, token):
+    """:func:`_drop_created` in a thread of its own: the listener runs
+    just before the caller's rollback, whose transaction may still hold
+    locks on the new tenant's tables (a session scoped to it): dropping
+    it here and now would wait for the caller, which waits for us."""
+    def drop():
         try:
-            _drop_created(fleet, schema, database)
+            _drop_created(fleet, schema, database, token)
         except Exception:
             log.warning("tenant %s was rolled back but its schema on %s "
                         "could not be dropped; 'tenant-migrate <ini> "
                         "placements --repair' will", schema, database,
                         exc_info=True)
 
-    def committed(conn):
-        settled.append(True)
-
-    event.listen(connection, "rollback", rolled_back)
-    event.listen(connection, "commit", committed)
+    threading.Thread(target=drop, name=f"tenantmigrate undo {schema}",
+                     daemon=True).start()
 
 
-def _drop_created(fleet, schema, database):
+def _drop_created(fleet, schema, database, token):
     """Drop the schema of a sign-up that did not commit, and its intent,
-    unless its placement committed after all."""
+    unless its placement committed after all. Only a schema carrying the
+    sign-up's mark is dropped (never a tenant that was there before)."""
     from . import provisioning
 
     control = fleet.database(fleet.control)
@@ -223,9 +246,17 @@ def _drop_created(fleet, schema, database):
         placed = connection.execute(text(
             f"SELECT 1 FROM {placements_table(control.shared_schema)} "
             "WHERE schema_name = :schema"), {"schema": schema}).scalar()
-    if not placed:
+    if placed:
+        return
+    member = fleet.database(database)
+    with member.connect(member.run_engine) as connection:
+        mark = connection.execute(text(
+            "SELECT obj_description(oid, 'pg_namespace') FROM "
+            "pg_catalog.pg_namespace WHERE nspname = :schema"),
+            {"schema": schema}).scalar()
+    if token is not None and mark == _sign_up_mark(token):
         try:
-            provisioning.drop_tenant(fleet.database(database), schema)
+            provisioning.drop_tenant(member, schema)
         except UsageError:
             pass  # not there
     _forget_intent(control, schema)
@@ -241,6 +272,8 @@ class PlacementFinding:
     database: str = None
     action: str = None
     done: bool = False
+    #: An interrupted sign-up's token (its schema's mark).
+    token: str = field(default=None, repr=False)
     #: An interrupted move's row and steps (:mod:`.moving`).
     move: tuple = field(default=None, repr=False)
 
@@ -297,6 +330,11 @@ def repair(migrator, fix=False, lock_wait=60):
     tenant is being created or moved."""
     fleet = migrator.fleet
     settings = fleet.settings
+    if settings.app_keeps_placements:
+        raise UsageError(
+            "placements compares the package's placements table with the "
+            "databases; tenantmigrate.placement_query or placement_source "
+            "says the app keeps them instead")
     control = fleet.database(fleet.control)
     report = PlacementReport(repaired=fix)
     fleet.ensure_table()
@@ -314,9 +352,11 @@ def repair(migrator, fix=False, lock_wait=60):
             placed = dict(connection.exec_driver_sql(
                 f"SELECT schema_name, database FROM "
                 f"{placements_table(shared)}").all())
-            intents = dict(connection.exec_driver_sql(
-                f"SELECT schema_name, database FROM "
-                f"{intents_table(shared)}").all())
+            rows = connection.exec_driver_sql(
+                f"SELECT schema_name, database, token FROM "
+                f"{intents_table(shared)}").all()
+            intents = {schema: database for schema, database, _ in rows}
+            tokens = {schema: token for schema, _, token in rows}
             listed = (None if fleet.catalog_source
                       else set(discover_tenant_schemas(connection,
                                                        settings)))
@@ -325,6 +365,8 @@ def repair(migrator, fix=False, lock_wait=60):
                  {s: d for s, d in placed.items() if s not in moving},
                  intents, {d: n - moving for d, n in found.items()},
                  None if listed is None else listed - moving)
+        for finding in report.findings:
+            finding.token = finding.token or tokens.get(finding.schema)
         if fix:
             for finding in report.findings:
                 if finding.action is not None:
@@ -396,8 +438,9 @@ def _intent_findings(report, placed, intents, holders):
             continue  # a sign-up that committed: nothing to mend
         report.findings.append(PlacementFinding(
             "interrupted sign-up", schema, database,
-            f"drop the schema on {database} (never committed as a tenant) "
-            "and forget it" if database in holders.get(schema, ())
+            f"drop the schema on {database} if it is the one the sign-up "
+            "made (never committed as a tenant), and forget it"
+            if database in holders.get(schema, ())
             else "forget it"))
 
 
@@ -442,7 +485,8 @@ def _apply(fleet, control, finding):
         finding.done = True
         return
     if finding.kind == "interrupted sign-up":
-        _drop_created(fleet, finding.schema, finding.database)
+        _drop_created(fleet, finding.schema, finding.database,
+                      finding.token)
         finding.done = True
         return
     target = finding.action.rpartition(" ")[2]

@@ -61,7 +61,7 @@ def schema_exists(connection, schema):
 
 def create_tenant(migrator, name, *, connection=None, dbsession=None,
                   transaction_manager=None, registry=None, request=None,
-                  database=None, lock_provisioning=True):
+                  database=None, lock_provisioning=True, mark=None):
     """Create the tenant schema ``name`` and bring it to the tenant head.
 
     Where it runs, first match wins:
@@ -85,8 +85,8 @@ def create_tenant(migrator, name, *, connection=None, dbsession=None,
     In a fleet (:mod:`.fleet`), the tenant goes to ``database`` or the one
     the placement policy chooses, and the caller's transaction is the
     control database's: :mod:`.placement` tells what its commit and its
-    rollback cover. ``lock_provisioning`` false is for that module: the
-    caller already holds the lock.
+    rollback cover. ``lock_provisioning`` false and ``mark`` (a comment
+    put on the schema: what a rollback may drop) are for that module.
     """
     if migrator.runs_fleet:
         from .placement import create_placed_tenant
@@ -102,6 +102,10 @@ def create_tenant(migrator, name, *, connection=None, dbsession=None,
     def work(migrator, schema, connection, registry, request, dbsession):
         _create(migrator, schema, connection, registry, request, dbsession,
                 lock_provisioning)
+        if mark is not None:
+            connection.exec_driver_sql(
+                f"COMMENT ON SCHEMA {quote_schema(schema)} IS "
+                f"{quote_literal(mark)}")
 
     return _where_it_runs(work, migrator, name, connection, dbsession,
                           transaction_manager, registry, request)
