@@ -57,19 +57,26 @@ def intents_table(shared_schema):
     return f"{quote_schema(shared_schema)}.{quote_schema(INTENTS_TABLE)}"
 
 
-def ensure_placements_table(connection, shared_schema):
-    """Create the placement tables if missing (in ``connection``'s
-    transaction; concurrent creators wait for each other)."""
+def ensure_own_table(connection, table, ddl, key):
+    """Run ``ddl`` unless ``table`` exists (in ``connection``'s
+    transaction; concurrent creators wait for each other on the advisory
+    lock ``key`` names)."""
     from .reserved import PROVISIONING_LOCK, lock_key
-    table = intents_table(shared_schema)
     if connection.execute(text("SELECT to_regclass(:t) IS NOT NULL"),
                           {"t": table}).scalar():
         return
     connection.exec_driver_sql(
         f"SELECT pg_advisory_xact_lock({PROVISIONING_LOCK}, "
-        f"{lock_key(shared_schema + '.placements')})")
-    connection.exec_driver_sql(_DDL.format(
-        placements=placements_table(shared_schema), intents=table))
+        f"{lock_key(key)})")
+    connection.exec_driver_sql(ddl)
+
+
+def ensure_placements_table(connection, shared_schema):
+    """Create the placement tables if missing (:func:`ensure_own_table`)."""
+    table = intents_table(shared_schema)
+    ensure_own_table(connection, table, _DDL.format(
+        placements=placements_table(shared_schema), intents=table),
+        shared_schema + ".placements")
 
 
 def read_placements(connection, settings):

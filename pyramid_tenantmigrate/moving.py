@@ -79,7 +79,7 @@ from .errors import (
     describe_error,
     sqlstate,
 )
-from .fleet import placements_table
+from .fleet import ensure_own_table, placements_table
 from .isolation import grant_tenant
 from .names import quote_schema, validate_schema_name
 from .provisioning import _REFERENCES, _referenced_first
@@ -241,13 +241,8 @@ def ensure_moves_table(connection, shared_schema):
     """Create the moves table if missing (in ``connection``'s transaction;
     concurrent creators wait for each other)."""
     table = moves_table(shared_schema)
-    if connection.execute(text("SELECT to_regclass(:t) IS NOT NULL"),
-                          {"t": table}).scalar():
-        return
-    connection.exec_driver_sql(
-        f"SELECT pg_advisory_xact_lock({PROVISIONING_LOCK}, "
-        f"{lock_key(shared_schema + '.moves')})")
-    connection.exec_driver_sql(_DDL.format(table=table))
+    ensure_own_table(connection, table, _DDL.format(table=table),
+                     shared_schema + ".moves")
 
 
 def read_moves(connection, shared_schema):

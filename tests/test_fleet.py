@@ -299,6 +299,13 @@ def _schema_on(fleet, database, schema):
             (schema,)).scalar() == 1
 
 
+def _query_migrator(project):
+    """A migrator with the tenant source _query_source writes."""
+    return project.migrator(**{
+        "tenantmigrate.tenant_schema_prefix": None,
+        "tenantmigrate.tenant_schemas_query": _PLACED_TENANTS})
+
+
 def _query_source(fleet, **more):
     fleet.project.settings.pop("tenantmigrate.tenant_schema_prefix")
     fleet.project.settings["tenantmigrate.tenant_schemas_query"] = (
@@ -361,9 +368,7 @@ def test_a_rolled_back_sign_up_leaves_nothing(fleet):
     project.write_standard_revisions()
     _query_source(fleet)
     project.run("upgrade", check=0)
-    migrator = project.migrator(**{
-        "tenantmigrate.tenant_schema_prefix": None,
-        "tenantmigrate.tenant_schemas_query": _PLACED_TENANTS})
+    migrator = _query_migrator(project)
     try:
         with migrator.engine.connect() as connection:
             connection.begin()
@@ -515,9 +520,7 @@ def test_a_sign_up_in_flight_from_old_code_is_waited_for(fleet):
     project.run("upgrade", check=0)
     project.run("create-tenant", "tenant_1", check=0)
     # The app's code, loaded before the deploy: tenant head t2.
-    old_code = project.migrator(**{
-        "tenantmigrate.tenant_schema_prefix": None,
-        "tenantmigrate.tenant_schemas_query": _PLACED_TENANTS})
+    old_code = _query_migrator(project)
     old_code.script.revision_map.heads  # noqa: B018 (loaded now)
     _counter_revision(project)
     try:
@@ -710,9 +713,7 @@ def test_a_rollback_holding_the_new_tenant_does_not_hang(fleet):
     project.write_standard_revisions()
     _query_source(fleet)
     project.run("upgrade", check=0)
-    migrator = project.migrator(**{
-        "tenantmigrate.tenant_schema_prefix": None,
-        "tenantmigrate.tenant_schemas_query": _PLACED_TENANTS})
+    migrator = _query_migrator(project)
     try:
         with migrator.engine.connect() as connection:
             connection.begin()
