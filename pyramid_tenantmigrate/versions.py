@@ -49,13 +49,23 @@ _UNDEFINED_TABLE = "42P01"
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 # The privileges come with the catalog answer, so that a schema this role
-# cannot read is reported by name instead of failing its whole batch.
+# cannot read is reported by name instead of failing its whole batch. A
+# superuser, or the owner of an object whose privileges were never
+# changed (a NULL ACL), may: the privilege functions are asked only
+# otherwise (each looks its object up again; for 10,000 tenants owned by
+# the role they were half of this statement's time).
 _CATALOG = text("""
 SELECT s.name, n.oid IS NOT NULL, c.oid IS NOT NULL,
-       n.oid IS NULL OR pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
-       c.oid IS NULL OR pg_catalog.has_table_privilege(c.oid, 'SELECT'),
+       n.oid IS NULL OR me.rolsuper
+           OR (n.nspowner = me.oid AND n.nspacl IS NULL)
+           OR pg_catalog.has_schema_privilege(n.oid, 'USAGE'),
+       c.oid IS NULL OR me.rolsuper
+           OR (c.relowner = me.oid AND c.relacl IS NULL)
+           OR pg_catalog.has_table_privilege(c.oid, 'SELECT'),
        pg_catalog.pg_get_userbyid(n.nspowner), current_user
-FROM unnest(CAST(:schemas AS text[])) AS s(name)
+FROM (SELECT oid, rolsuper FROM pg_catalog.pg_roles
+      WHERE rolname = current_user) me
+CROSS JOIN unnest(CAST(:schemas AS text[])) AS s(name)
 LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = s.name
 LEFT JOIN pg_catalog.pg_class c
        ON c.relnamespace = n.oid AND c.relname = :version_table
@@ -195,7 +205,7 @@ def _read_batch(connection, batch, version_table, commit, problems=None):
                 # Privileges the catalog does not show (row security, a
                 # revoked grant in flight): read one by one to tell.
                 return _read_one_by_one(connection, batch, version_table,
-                                        problems)
+                                        problems, exc)
             batch = [name for name in batch
                      if catalog[name][1] and name not in problems]
             continue
@@ -206,7 +216,12 @@ def _read_batch(connection, batch, version_table, commit, problems=None):
         return heads
 
 
-def _read_one_by_one(connection, batch, version_table, problems):
+def _read_one_by_one(connection, batch, version_table, problems, error):
+    """Read the schemas of ``batch`` one at a time, after ``error``; a
+    schema whose own read fails has that failure as its problem."""
+    if len(batch) == 1:
+        problems[batch[0]] = _error_text(error)
+        return {}
     heads = {}
     for name in batch:
         try:
@@ -214,8 +229,12 @@ def _read_one_by_one(connection, batch, version_table, problems):
                                      True, problems))
         except DBAPIError as exc:
             connection.rollback()
-            problems[name] = " ".join(str(exc.orig or exc).split())
+            problems[name] = _error_text(exc)
     return heads
+
+
+def _error_text(exc):
+    return " ".join(str(exc.orig or exc).split())
 
 
 def _read_in_parallel(connect, batches, version_table, workers, heads,

@@ -150,3 +150,69 @@ def test_a_batch_whose_tables_all_vanished_reads_nothing(db):
         heads = versions._read_batch(connection, ["t_00", "t_03"],
                                      "alembic_version", commit=True)
     assert heads == {}
+
+
+def test_an_owner_is_asked_about_privileges_it_revoked_from_itself(
+        roles, db):
+    # Owning a schema and its version table lets a role read them unless
+    # their privileges were changed: an owner can revoke its own.
+    deploy = sa.create_engine(roles.url(roles.deploy))
+    create_schemas(deploy, "t_kept", "t_no_usage", "t_no_select")
+    for schema in ("t_kept", "t_no_usage", "t_no_select"):
+        _version_table(deploy, schema, "alembic_version", "aaa")
+    with deploy.begin() as connection:
+        connection.exec_driver_sql(
+            f'REVOKE USAGE ON SCHEMA t_no_usage FROM "{roles.deploy}"')
+        connection.exec_driver_sql(
+            "REVOKE SELECT ON t_no_select.alembic_version "
+            f'FROM "{roles.deploy}"')
+    try:
+        with deploy.connect() as connection:
+            result = versions.read_schema_versions(
+                connection, ["t_kept", "t_no_usage", "t_no_select"],
+                "alembic_version")
+    finally:
+        deploy.dispose()
+    assert result["t_kept"].heads == ("aaa",)
+    assert result["t_kept"].problem is None
+    # Told by the catalog (with the fix), not by a failed read.
+    assert result["t_no_usage"].problem.startswith(
+        f"permission denied: the role {roles.deploy} may not read schema "
+        "t_no_usage")
+    assert result["t_no_select"].problem.startswith(
+        f"permission denied: the role {roles.deploy} may not read the "
+        "version table t_no_select.alembic_version")
+    # A superuser reads them all.
+    with db.connect() as connection:
+        result = versions.read_schema_versions(
+            connection, ["t_no_usage", "t_no_select"], "alembic_version")
+    assert {s: (v.heads, v.problem) for s, v in result.items()} == {
+        "t_no_usage": (("aaa",), None), "t_no_select": (("aaa",), None)}
+
+
+def test_a_privilege_the_catalog_does_not_show_is_the_schemas_problem(
+        db, monkeypatch):
+    # The catalog says the role may read the table, the read says no
+    # (row security, a grant revoked in flight): the schema is named with
+    # the server's error, and the others of its batch are read.
+    create_schemas(db, "t_ok", "t_denied")
+    _version_table(db, "t_ok", "alembic_version", "aaa")
+    _version_table(db, "t_denied", "alembic_version", "bbb")
+    real = versions._union_sql
+
+    def denying(batch, version_table):
+        # A read of t_denied fails as an unshown privilege would.
+        sql = real(batch, version_table)
+        if "t_denied" in batch:
+            sql = ("DO $$BEGIN RAISE EXCEPTION 'permission denied for "
+                   "table alembic_version' USING ERRCODE = '42501'; "
+                   "END$$; " + sql)
+        return sql
+
+    monkeypatch.setattr(versions, "_union_sql", denying)
+    with db.connect() as connection:
+        result = versions.read_schema_versions(
+            connection, ["t_ok", "t_denied"], "alembic_version")
+    assert result["t_ok"].heads == ("aaa",)
+    assert result["t_denied"].problem.startswith(
+        "permission denied for table alembic_version")

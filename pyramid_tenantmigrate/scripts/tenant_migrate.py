@@ -9,6 +9,7 @@ configuration.
 import argparse
 import configparser
 import functools
+import gc
 import json
 import re
 import sys
@@ -46,6 +47,24 @@ def _wait(text):
         return wait_seconds(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def json_text(document, indent=""):
+    """``document`` as JSON for people and programs alike: objects
+    indented by two spaces, as ``json.dumps`` with ``indent=2`` would,
+    but the items of a list of objects one to a line, written by json's C
+    encoder (``indent`` makes json use its pure-Python one: 0.3 s for
+    10,000 tenants, a tenth of what doctor takes)."""
+    inner = indent + "  "
+    if isinstance(document, dict) and document:
+        return "{\n" + ",\n".join(
+            f"{inner}{json.dumps(str(key))}: {json_text(value, inner)}"
+            for key, value in document.items()) + f"\n{indent}}}"
+    if isinstance(document, list) and any(
+            isinstance(item, (dict, list)) for item in document):
+        return "[\n" + ",\n".join(
+            inner + json.dumps(item) for item in document) + f"\n{indent}]"
+    return json.dumps(document)
 
 
 def _get_config_loader(config_uri):
@@ -471,16 +490,24 @@ class TenantMigrateCommand:
         migrator = self._fleet_member(
             self._load(options.config_uri, config_vars), command)
         method = getattr(self, "command_" + command.replace("-", "_"))
-        if (command in self.tenant_commands
-                and migrator.settings.tenant_source_setting is None):
-            # No tenant source in the settings: the app may set one in code
-            # (config.set_tenant_source); load it and use its migrator.
-            env = self._bootstrap_app()
-            try:
-                return method(self.migrator, positionals)
-            finally:
-                env["closer"]()
-        return method(migrator, positionals)
+        # What is loaded by now (SQLAlchemy, Alembic, the app) outlives the
+        # command: the collector need not walk it each time the command's
+        # objects (rows for 10,000 tenants) set off a full collection.
+        gc.freeze()
+        try:
+            if (command in self.tenant_commands
+                    and migrator.settings.tenant_source_setting is None):
+                # No tenant source in the settings: the app may set one in
+                # code (config.set_tenant_source); load it and use its
+                # migrator.
+                env = self._bootstrap_app()
+                try:
+                    return method(self.migrator, positionals)
+                finally:
+                    env["closer"]()
+            return method(migrator, positionals)
+        finally:
+            gc.unfreeze()
 
     def _one_positional(self, positionals, name, required):
         if len(positionals) > 1:
@@ -565,7 +592,7 @@ class TenantMigrateCommand:
                                          False)
         report = commands.lint(migrator, rev_range)
         if self.options.json:
-            self.out(json.dumps(report.to_dict(), indent=2))
+            self.out(json_text(report.to_dict()))
         else:
             self.out(report.render_text())
         return 0 if report.ok else 1
@@ -639,7 +666,7 @@ class TenantMigrateCommand:
         # Serialised only when asked for: at 10,000 tenants it costs more
         # than reading their versions.
         if options.report or options.json:
-            document = json.dumps(report.to_dict(), indent=2)
+            document = json_text(report.to_dict())
         if options.report:
             try:
                 with open(options.report, "w") as f:
@@ -710,7 +737,7 @@ class TenantMigrateCommand:
             rows = [row for row in rows
                     if row.database in self.options.database]
         if self.options.json:
-            self.out(json.dumps([row.to_dict() for row in rows], indent=2))
+            self.out(json_text([row.to_dict() for row in rows]))
             return 0
         if not rows:
             self.out("no runs recorded yet")
@@ -741,7 +768,7 @@ class TenantMigrateCommand:
                                   exclude_tenants=self.options.exclude_tenant,
                                   databases=tuple(self.options.database))
         if self.options.json:
-            self.out(json.dumps(status.to_dict(), indent=2))
+            self.out(json_text(status.to_dict()))
         else:
             self.out(status.render_text(verbose=self.options.verbose))
         return 0
@@ -762,7 +789,7 @@ class TenantMigrateCommand:
         else:
             report = commands.doctor(migrator, **selection)
         if options.json:
-            self.out(json.dumps(report.to_dict(), indent=2))
+            self.out(json_text(report.to_dict()))
         else:
             self.out(report.render_text(verbose=options.verbose))
         return 0 if report.ok else 1
@@ -776,7 +803,7 @@ class TenantMigrateCommand:
         report = commands.fill_spares(migrator, count=count,
                                       lock_wait=self.options.wait)
         if self.options.json:
-            self.out(json.dumps(report.to_dict(), indent=2))
+            self.out(json_text(report.to_dict()))
         else:
             self.out(report.render_text())
         return 0
@@ -790,7 +817,7 @@ class TenantMigrateCommand:
         report = repair(migrator, fix=self.options.repair,
                         lock_wait=self.options.wait)
         if self.options.json:
-            self.out(json.dumps(report.to_dict(), indent=2))
+            self.out(json_text(report.to_dict()))
         else:
             self.out(report.render_text())
         return 0 if report.ok else 1
@@ -810,7 +837,7 @@ class TenantMigrateCommand:
         report = move_tenant(migrator, name, self.options.to,
                              wait=self.options.wait)
         if self.options.json:
-            self.out(json.dumps(report.to_dict(), indent=2))
+            self.out(json_text(report.to_dict()))
         else:
             self.out(report.render_text())
         return 0
