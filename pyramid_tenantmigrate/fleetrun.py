@@ -132,6 +132,25 @@ class FleetRun:
             self._check_control_shared()
         if self.options.retry_failed:
             self._check_last_fleet_run(parts)
+        if self.operation == STAMP:
+            self._confirm_stamp(parts)
+
+    def _confirm_stamp(self, parts):
+        """A ``stamp`` needing ``--yes`` on one database is refused before
+        any database is stamped. A database that cannot be asked is left
+        to its part, which reports it and stamps nothing there."""
+        from .run import confirm_stamp
+        for part in parts:
+            options = self.part_options(part.name)
+            if self.tenants and not options.tenants:
+                continue
+            try:
+                confirm_stamp(self.fleet.database(part.name), self.target,
+                              options)
+            except (UsageError, ConfigurationError):
+                raise
+            except (TenantMigrateError, DBAPIError):
+                continue
 
     def _check_control_shared(self):
         """Revisions are captured on the control database: when its part

@@ -399,18 +399,28 @@ class Run:
 
     def _forget_moved(self, part):
         """A tenant a move took to another database of the fleet while
-        the pass went (:mod:`.moving`) failed here for want of its schema:
-        it is not this database's any more, and its failure is not one."""
+        the pass went (:mod:`.moving`) failed here for want of its schema.
+        A run of every tenant migrates it there, in that database's last
+        pass: its failure here is not one. A narrowed run has no such
+        pass: the tenant stays failed, at its old revision there."""
         failed = [result.schema for result in part.failures]
         moved = self.migrator.moved_away(failed) if failed else {}
-        if moved:
-            part.results = [r for r in part.results
-                            if r.schema not in moved]
-            part.warnings.extend(
-                f"{schema} was moved to database {database} during the "
-                "run, so it was not migrated here ('tenant-migrate <ini> "
-                "current' shows it there)"
-                for schema, database in moved.items())
+        if not moved:
+            return
+        if not self.options.whole_fleet:
+            for result in part.failures:
+                if result.schema in moved:
+                    result.error = (
+                        f"moved to database {moved[result.schema]} during "
+                        "the run, before it was migrated: it is at its old "
+                        "revision there; run the command again for it")
+            return
+        part.results = [r for r in part.results if r.schema not in moved]
+        part.warnings.extend(
+            f"{schema} was moved to database {database} during the "
+            "run, so it was not migrated here ('tenant-migrate <ini> "
+            "current' shows it there)"
+            for schema, database in moved.items())
 
     def _execute_pass(self, plan, planner, first):
         """An upgrade with waves runs its first pass in waves."""
@@ -557,6 +567,20 @@ class Run:
                 f"({shown}) away from the revision they are at, without "
                 "changing their tables; nothing was changed. Pass --yes if "
                 "that is what you want")
+
+
+def confirm_stamp(migrator, target, options):
+    """Raise :class:`ConfirmationNeeded` when stamping ``migrator``'s
+    selected schemas to ``target`` would need ``options.yes`` (a fleet
+    asks every database before it stamps any)."""
+    options = options.resolve(migrator.settings)
+    if options.yes or options.sql:
+        return
+    _, target = _split_range(target, options.sql)
+    destinations = resolve_destinations(migrator.script, STAMP, target)
+    with RunLock(migrator, STAMP, wait=options.lock_wait) as lock:
+        Run(migrator, STAMP, target, options, lock)._confirm_stamp(
+            destinations)
 
 
 class ConfirmationNeeded(UsageError):

@@ -707,6 +707,24 @@ def test_stamp_with_a_control_database_listed_last(fleet):
     assert fleet.version("c", "tenant_c1") == ["t1"]
 
 
+def test_a_stamp_refused_on_one_database_stamps_none(fleet):
+    project = fleet.project
+    project.write_standard_revisions()
+    fleet.tenants("c", "tenant_c1")
+    project.run("upgrade", check=0)
+    # Made after the upgrade: at base, a stamp needs no --yes for it.
+    fleet.tenants("a", "tenant_a1")
+    result = project.run("stamp", "tenant@t1", check=2)
+    assert "--yes" in result.stderr
+    assert "tenant_c1" in result.stderr
+    # Asked of every database first: the first was not stamped either.
+    assert fleet.version("a", "tenant_a1") is None
+    assert fleet.version("c", "tenant_c1") == ["t2"]
+    project.run("stamp", "tenant@t1", "--yes", check=0)
+    assert fleet.version("a", "tenant_a1") == ["t1"]
+    assert fleet.version("c", "tenant_c1") == ["t1"]
+
+
 def test_a_rollback_holding_the_new_tenant_does_not_hang(fleet):
     from pyramid_tenantmigrate import provisioning
     project = fleet.project

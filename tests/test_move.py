@@ -492,3 +492,45 @@ def test_a_pass_reaching_the_tenant_after_its_move_still_exits_0(fleet):
     for database, schema in [("c", "tenant_x"), ("b", "tenant_w"),
                              ("b", "tenant_y"), ("c", "tenant_z")]:
         assert _counter(fleet, database, schema) == 1, schema
+
+
+def test_a_narrowed_run_whose_tenant_moved_meanwhile_exits_1(fleet):
+    """A run of named tenants has no last pass over the database the
+    tenant moved to: the tenant is failed there at its old revision, not
+    forgiven, and running the command again migrates it once."""
+    project = _set_up(fleet)
+    fleet.tenants("b", "tenant_w")  # migrated first on b, slowly
+    project.run("upgrade", check=0)
+    project.write_revision("tenant", "t3", "t2", """
+        op.execute("UPDATE counter SET n = n + 1")
+        op.execute("SELECT pg_sleep(CASE WHEN current_schema() = "
+                   "'tenant_w' THEN 4 ELSE 0.05 END)")
+        """)
+    upgrade = project.start("upgrade", "--json", "--workers", "1",
+                            "--tenant", "tenant_w", "--tenant", "tenant_x")
+    try:
+        def sleeping():
+            with fleet.engines["b"].connect() as connection:
+                return connection.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = "
+                    "'active' AND query LIKE '%%pg_sleep(CASE%%' "
+                    "AND pid <> pg_backend_pid()").scalar()
+        _until(sleeping, what="tenant_w's migration")
+        project.run("move-tenant", "tenant_x", "--to", "c", check=0)
+        out, err = upgrade.communicate(timeout=300)
+    finally:
+        if upgrade.poll() is None:
+            upgrade.kill()
+    assert upgrade.returncode == 1, out + err
+    report = json.loads(out)
+    on_b = report["databases"][1]["report"]
+    failed = [s for b in on_b["branches"] for s in b["schemas"]
+              if s["schema"] == "tenant_x"]
+    assert failed and failed[0]["status"] == "failed"
+    assert "moved to database c during the run" in failed[0]["error"]
+    _only_on(fleet, "c", "tenant_x")
+    assert fleet.version("c", "tenant_x") == ["t2"]
+    project.run("upgrade", "--tenant", "tenant_x", check=0)
+    assert fleet.version("c", "tenant_x") == ["t3"]
+    assert _counter(fleet, "c", "tenant_x") == 1
+    assert _counter(fleet, "b", "tenant_w") == 1
