@@ -117,10 +117,25 @@ def _bind_to_database(dbsession, migrator, schema):
 
 def clear_tenant(dbsession):
     """Scope ``dbsession`` to no tenant again (flushing it and detaching
-    its objects, as switching tenants does). Returns ``dbsession``."""
+    its objects, as switching tenants does). Returns ``dbsession``.
+
+    In a fleet, a session whose transaction runs on its tenant's database
+    cannot be cleared before that transaction ends: the shared tables it
+    would then reach are the control database's, and the transaction
+    cannot move there (:class:`~.errors.ConfigurationError`; nothing is
+    changed)."""
+    own = dbsession.info.get(_BIND_KEY)
+    if (own is not None and dbsession.bind is not own
+            and dbsession.in_transaction()):
+        raise ConfigurationError(
+            f"the session's transaction is on the database of tenant "
+            f"{dbsession.info.get(TENANT_KEY)}: the shared tables it would "
+            "reach after clear_tenant() are on the control database. Clear "
+            "the tenant before the transaction begins, or read shared "
+            "tables with a session of their own")
     _switch(dbsession, None)
-    if (_BIND_KEY in dbsession.info and not dbsession.in_transaction()):
-        dbsession.bind = dbsession.info[_BIND_KEY]
+    if own is not None:
+        dbsession.bind = own
     return dbsession
 
 

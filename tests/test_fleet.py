@@ -15,6 +15,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from pyramid_tenantmigrate.errors import ConfigurationError
+
 from .conftest import Project, create_schemas, version_of
 
 _numbers = iter(range(1, 10**6))
@@ -572,6 +574,14 @@ def test_a_session_scoped_to_a_tenant_talks_to_its_database(fleet):
             assert session.execute(sa.select(notes.c.title)).scalars(
                 ).all() == [schema]
             session.commit()
+        # Inside tenant_b1's transaction (on b), the shared tables would
+        # be b's: refused, and the session is left as it was.
+        session.execute(sa.select(notes.c.title)).all()
+        with pytest.raises(ConfigurationError, match="control database"):
+            clear_tenant(session)
+        assert session.execute(sa.select(notes.c.title)).scalars(
+            ).all() == ["tenant_b1"]
+        session.commit()
         clear_tenant(session)
         assert session.bind is app_engine
         # Made in this process: known (and where) at once.
