@@ -30,8 +30,17 @@ from .errors import (
     TenantMigrateError,
     TenantSourceUnavailable,
     UsageError,
+    describe_error,
 )
-from .plan import SHARED, STAMP, UPGRADE, branch_heads, resolve_destinations
+from .plan import (
+    SHARED,
+    STAMP,
+    UPGRADE,
+    StepPlanner,
+    branch_heads,
+    resolve_destinations,
+)
+from .report import FAILED, SchemaResult
 from .settings import shown_url
 
 
@@ -111,6 +120,22 @@ class FleetRun:
         for part in parts:
             if part.error is not None:
                 part.problem = str(part.error)
+        self._settle_moved(parts)
+
+    def _settle_moved(self, parts):
+        """A tenant a move took to another database while a part ran was
+        let go by that part (:meth:`.run.Run._forget_moved`). Every part
+        done, it must be at the target where it is now (the last pass
+        there, or the move's catch-up, may have brought it): if not, it
+        fails in the part it left, saying where it is and what to run."""
+        for part in parts:
+            for branch in part.report.branches if part.report else ():
+                by_database = {}
+                for schema, database in branch.moved.items():
+                    by_database.setdefault(database, []).append(schema)
+                for database, schemas in by_database.items():
+                    branch.results.extend(_behind_where_moved(
+                        self.fleet, database, branch, schemas))
 
     def part_options(self, name):
         def here(names):
@@ -136,21 +161,27 @@ class FleetRun:
             self._confirm_stamp(parts)
 
     def _confirm_stamp(self, parts):
-        """A ``stamp`` needing ``--yes`` on one database is refused before
-        any database is stamped. A database that cannot be asked is left
-        to its part, which reports it and stamps nothing there."""
-        from .run import confirm_stamp
+        """A ``stamp`` needing ``--yes`` on any database is refused before
+        any database is stamped, naming the schemas of every database. A
+        database that cannot be asked is left to its part, which reports
+        it and stamps nothing there."""
+        from .run import stamp_moves, stamp_refused
+        moved = []
         for part in parts:
             options = self.part_options(part.name)
+            if part.full_retry:
+                options = replace(options, retry_failed=False)
             if self.tenants and not options.tenants:
                 continue
             try:
-                confirm_stamp(self.fleet.database(part.name), self.target,
-                              options)
+                moved.extend(f"{part.name}:{schema}" for schema in stamp_moves(
+                    self.fleet.database(part.name), self.target, options))
             except (UsageError, ConfigurationError):
                 raise
-            except (TenantMigrateError, DBAPIError):
+            except Exception:  # unreachable, locked: its part says so
                 continue
+        if moved:
+            raise stamp_refused(moved)
 
     def _check_control_shared(self):
         """Revisions are captured on the control database: when its part
@@ -228,6 +259,37 @@ class FleetRun:
         finally:
             if is_control:
                 self.control_shared.set()
+
+
+def _behind_where_moved(fleet, database, branch, schemas):
+    """Failed results for those of ``schemas`` (moved to ``database``
+    during ``branch``'s run) not at the branch's destination there."""
+    try:
+        member = fleet.database(database)
+        with member.connect() as connection:
+            versions = member.read_versions(connection, schemas, workers=1)
+    except (TenantMigrateError, DBAPIError) as exc:
+        return [SchemaResult(schema, FAILED, error=(
+            f"moved to database {database} during the run; its revision "
+            f"there could not be read: {describe_error(exc)}"))
+            for schema in schemas]
+    planner = StepPlanner(member.script, branch.operation,
+                          branch.destination)
+    behind = []
+    for schema in schemas:
+        version = versions[schema]
+        try:
+            at_target = not planner.steps_for(version.heads)
+        except Exception:  # a revision the migrations do not have
+            at_target = False
+        if version.exists and version.problem is None and at_target:
+            continue
+        behind.append(SchemaResult(
+            schema, FAILED, from_heads=version.heads, error=(
+                f"moved to database {database} during the run, before it "
+                f"was migrated: at {', '.join(version.heads) or 'base'} "
+                f"there; run the command again with --tenant {schema}")))
+    return behind
 
 
 def _run_member(member, operation, target, options, before_tenants):

@@ -97,6 +97,9 @@ class BranchReport:
     #: What went wrong around the schemas (connections that could not be
     #: opened), for the report.
     warnings: list = field(default_factory=list)
+    #: Tenants a move took to another database of the fleet during the
+    #: run: ``{schema: database}`` (see :mod:`.fleetrun`).
+    moved: dict = field(default_factory=dict)
 
     @property
     def failures(self):
@@ -106,6 +109,7 @@ class BranchReport:
         """Take in a part of the branch run on its own (a pass, a wave)."""
         self.results.extend(part.results)
         self.warnings.extend(part.warnings)
+        self.moved.update(part.moved)
         self.workers = max(self.workers, part.workers)
 
     def counts(self):

@@ -399,28 +399,21 @@ class Run:
 
     def _forget_moved(self, part):
         """A tenant a move took to another database of the fleet while
-        the pass went (:mod:`.moving`) failed here for want of its schema.
-        A run of every tenant migrates it there, in that database's last
-        pass: its failure here is not one. A narrowed run has no such
-        pass: the tenant stays failed, at its old revision there."""
+        the pass went (:mod:`.moving`) failed here for want of its schema:
+        it is not this database's any more. The fleet run looks for it
+        where it went once every database is done (a last pass there, or
+        the move itself, may have brought it to the target)."""
         failed = [result.schema for result in part.failures]
         moved = self.migrator.moved_away(failed) if failed else {}
-        if not moved:
-            return
-        if not self.options.whole_fleet:
-            for result in part.failures:
-                if result.schema in moved:
-                    result.error = (
-                        f"moved to database {moved[result.schema]} during "
-                        "the run, before it was migrated: it is at its old "
-                        "revision there; run the command again for it")
-            return
-        part.results = [r for r in part.results if r.schema not in moved]
-        part.warnings.extend(
-            f"{schema} was moved to database {database} during the "
-            "run, so it was not migrated here ('tenant-migrate <ini> "
-            "current' shows it there)"
-            for schema, database in moved.items())
+        if moved:
+            part.results = [r for r in part.results
+                            if r.schema not in moved]
+            part.moved.update(moved)
+            part.warnings.extend(
+                f"{schema} was moved to database {database} during the "
+                "run, so it was not migrated here ('tenant-migrate <ini> "
+                "current' shows it there)"
+                for schema, database in moved.items())
 
     def _execute_pass(self, plan, planner, first):
         """An upgrade with waves runs its first pass in waves."""
@@ -553,6 +546,13 @@ class Run:
         """``stamp`` that moves version tables away from a revision they
         hold needs ``yes`` (their tables stay as they are): checked for
         every branch before anything is stamped."""
+        moved = self.stamp_moves(destinations)
+        if moved:
+            raise stamp_refused(moved)
+
+    def stamp_moves(self, destinations):
+        """The schemas stamping to ``destinations`` would set away from a
+        revision they hold."""
         moved = []
         for branch, destination in destinations:
             planner = StepPlanner(self.migrator.script, STAMP, destination)
@@ -560,26 +560,42 @@ class Run:
                        else self._select().schemas)
             plan = self._plan(planner, branch, schemas)
             moved.extend(p.schema for p in plan.pending if p.from_heads)
-        if moved:
-            shown = ", ".join(moved[:5]) + (" ..." if len(moved) > 5 else "")
-            raise ConfirmationNeeded(
-                f"stamp would set the version of {len(moved)} schema(s) "
-                f"({shown}) away from the revision they are at, without "
-                "changing their tables; nothing was changed. Pass --yes if "
-                "that is what you want")
+        return moved
 
 
-def confirm_stamp(migrator, target, options):
-    """Raise :class:`ConfirmationNeeded` when stamping ``migrator``'s
-    selected schemas to ``target`` would need ``options.yes`` (a fleet
-    asks every database before it stamps any)."""
+def stamp_refused(moved):
+    """The refusal of a ``stamp`` that would move ``moved`` without
+    ``--yes``."""
+    shown = ", ".join(moved[:5]) + (" ..." if len(moved) > 5 else "")
+    return ConfirmationNeeded(
+        f"stamp would set the version of {len(moved)} schema(s) "
+        f"({shown}) away from the revision they are at, without "
+        "changing their tables; nothing was changed. Pass --yes if "
+        "that is what you want")
+
+
+def stamp_moves(migrator, target, options):
+    """What :meth:`Run.stamp_moves` says for a ``stamp`` to ``target``
+    with ``options`` on ``migrator`` (none with ``yes`` or ``sql``),
+    under the run lock the stamp itself would take: a fleet asks every
+    database before it stamps any. Nothing is written."""
     options = options.resolve(migrator.settings)
     if options.yes or options.sql:
-        return
+        return []
     _, target = _split_range(target, options.sql)
     destinations = resolve_destinations(migrator.script, STAMP, target)
-    with RunLock(migrator, STAMP, wait=options.lock_wait) as lock:
-        Run(migrator, STAMP, target, options, lock)._confirm_stamp(
+    if options.shard:
+        destinations = _shard_destinations(migrator, STAMP, destinations)
+    with RunLock(migrator, STAMP, wait=options.lock_wait,
+                 shard=options.shard) as lock:
+        if options.retry_failed:
+            with lock.using() as connection:
+                names = retry_tenants(connection, migrator.shared_schema,
+                                      STAMP)
+            if not names:
+                return []
+            options = replace(options, tenants=tuple(names))
+        return Run(migrator, STAMP, target, options, lock).stamp_moves(
             destinations)
 
 

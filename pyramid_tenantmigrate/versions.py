@@ -90,8 +90,14 @@ class SchemaVersion:
     problem: str = None
 
 
-def unreadable_problem(schema, owner, role, what):
-    """Why ``role`` cannot read ``schema``, and the GRANT that fixes it."""
+def unreadable_problem(schema, owner, role, what, grant=None):
+    """Why ``role`` cannot read ``schema``, and the GRANT that fixes it
+    (``grant``: the privilege, when ``role`` owns the schema and revoked
+    it from itself)."""
+    if owner == role and grant is not None:
+        return (f"permission denied: the role {role} may not read {what}, "
+                f"though it owns it (its own privilege was revoked): "
+                f"GRANT {grant} TO {quote_schema(role)}")
     return (f"permission denied: the role {role} may not read {what} "
             f"(owned by {owner}); to migrate a schema a role must own its "
             f"tables or be a member of their owner: GRANT {owner} TO {role}")
@@ -152,18 +158,24 @@ def _read_catalog(connection, schemas, version_table):
     for name, exists, has_table, usage, select, owner, role in rows:
         problem = None
         if not usage:
-            problem = unreadable_problem(name, owner, role,
-                                         f"schema {name}")
+            problem = unreadable_problem(
+                name, owner, role, f"schema {name}",
+                f"USAGE ON SCHEMA {quote_schema(name)}")
         elif not select:
             problem = unreadable_problem(
                 name, owner, role, f"the version table {name}."
-                f"{version_table}")
+                f"{version_table}", f"SELECT ON {quote_schema(name)}."
+                f"{quote_schema(version_table)}")
         catalog[name] = (bool(exists), bool(has_table), problem)
     return catalog
 
 
-#: Prefix of a batch read in a transaction of our own (see above).
-_NO_READ_AHEAD = "SET LOCAL effective_io_concurrency = 0; "
+#: Prefix of a batch read in a transaction of our own (see above). Row
+#: security off: a version table whose policies hide its rows from this
+#: role (``FORCE ROW LEVEL SECURITY``) is refused, and reported, instead
+#: of read as a schema at base.
+_NO_READ_AHEAD = ("SET LOCAL effective_io_concurrency = 0; "
+                  "SET LOCAL row_security = off; ")
 
 
 def _union_sql(batch, version_table):

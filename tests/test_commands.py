@@ -2,6 +2,7 @@
 import json
 import os
 
+import pytest
 import sqlalchemy as sa
 
 from .conftest import create_schemas, tables_of, version_of
@@ -151,3 +152,40 @@ def test_upgrading_a_branch_without_revisions_does_nothing(project, db):
     result = project.cli("upgrade", "shared", check=0)
     assert "Traceback" not in result.stderr
     assert version_of(db, "public") is None
+
+
+def test_json_is_json_dumps_with_a_list_item_to_a_line():
+    from pyramid_tenantmigrate.scripts.tenant_migrate import json_text
+    tenants = [{"schema": f"tenant_{i}", "status": "ok", "revision": ["t2"],
+                "differences": []} for i in range(3)]
+    branch = {"branch": "tenant", "schemas": [
+        {"schema": f"tenant_{i:04d}", "revisions": ["t1", "t2"]}
+        for i in range(200)]}
+    document = {"ok": True, "counts": {"ok": 3}, "tenants": tenants,
+                "branches": [branch], "empty": [], "none": None,
+                "text": "é\n\"", 1: "a number key"}
+    text = json_text(document)
+    assert json.loads(text) == json.loads(json.dumps(document))
+    lines = text.splitlines()
+    # One tenant to a line, as json writes it; the long branch indented,
+    # its schemas one to a line.
+    assert f"    {json.dumps(tenants[1])}," in lines
+    assert f"        {json.dumps(branch['schemas'][7])}," in lines
+    assert '  "1": "a number key"' in lines
+    with pytest.raises(TypeError):
+        json_text({("a", "tuple"): 0})
+
+
+def test_the_cli_leaves_what_its_caller_froze_frozen(project, db):
+    import gc
+    project.write_standard_revisions()
+    gc.freeze()
+    try:
+        project.cli("current", check=0)
+        # Still frozen (a few may have been freed meanwhile).
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    # On its own, it freezes for the command and unfreezes after.
+    project.cli("current", check=0)
+    assert gc.get_freeze_count() == 0

@@ -494,20 +494,18 @@ def test_a_pass_reaching_the_tenant_after_its_move_still_exits_0(fleet):
         assert _counter(fleet, database, schema) == 1, schema
 
 
-def test_a_narrowed_run_whose_tenant_moved_meanwhile_exits_1(fleet):
-    """A run of named tenants has no last pass over the database the
-    tenant moved to: the tenant is failed there at its old revision, not
-    forgiven, and running the command again migrates it once."""
-    project = _set_up(fleet)
-    fleet.tenants("b", "tenant_w")  # migrated first on b, slowly
-    project.run("upgrade", check=0)
+def _slow_t3(project):
     project.write_revision("tenant", "t3", "t2", """
         op.execute("UPDATE counter SET n = n + 1")
         op.execute("SELECT pg_sleep(CASE WHEN current_schema() = "
                    "'tenant_w' THEN 4 ELSE 0.05 END)")
         """)
-    upgrade = project.start("upgrade", "--json", "--workers", "1",
-                            "--tenant", "tenant_w", "--tenant", "tenant_x")
+
+
+def _upgrade_moving_tenant_x(fleet, project, *args):
+    """``upgrade *args`` over b (tenant_w first, slowly), tenant_x moved
+    from b to c meanwhile: (exit code, the JSON report)."""
+    upgrade = project.start("upgrade", "--json", "--workers", "1", *args)
     try:
         def sleeping():
             with fleet.engines["b"].connect() as connection:
@@ -521,16 +519,54 @@ def test_a_narrowed_run_whose_tenant_moved_meanwhile_exits_1(fleet):
     finally:
         if upgrade.poll() is None:
             upgrade.kill()
-    assert upgrade.returncode == 1, out + err
-    report = json.loads(out)
-    on_b = report["databases"][1]["report"]
-    failed = [s for b in on_b["branches"] for s in b["schemas"]
-              if s["schema"] == "tenant_x"]
+    assert upgrade.returncode in (0, 1), out + err
+    return upgrade.returncode, json.loads(out)
+
+
+def _tenant_x_on_b(report):
+    on_b = [d for d in report["databases"] if d["database"] == "b"][0]
+    return [s for b in on_b["report"]["branches"] for s in b["schemas"]
+            if s["schema"] == "tenant_x"]
+
+
+@pytest.mark.parametrize("args", [
+    ("--tenant", "tenant_w", "--tenant", "tenant_x"),
+    ("--database", "b"),
+], ids=["named tenants", "one database"])
+def test_a_run_whose_tenant_moved_behind_its_reach_exits_1(fleet, args):
+    """A run with no last pass over the database the tenant moved to
+    (named tenants; or that database left out) leaves it at its old
+    revision there: failed, with what to run, and running it migrates
+    the tenant once."""
+    project = _set_up(fleet)
+    fleet.tenants("b", "tenant_w")  # migrated first on b, slowly
+    project.run("upgrade", check=0)
+    _slow_t3(project)
+    code, report = _upgrade_moving_tenant_x(fleet, project, *args)
+    assert code == 1
+    failed = _tenant_x_on_b(report)
     assert failed and failed[0]["status"] == "failed"
     assert "moved to database c during the run" in failed[0]["error"]
+    assert "--tenant tenant_x" in failed[0]["error"]
     _only_on(fleet, "c", "tenant_x")
     assert fleet.version("c", "tenant_x") == ["t2"]
     project.run("upgrade", "--tenant", "tenant_x", check=0)
     assert fleet.version("c", "tenant_x") == ["t3"]
     assert _counter(fleet, "c", "tenant_x") == 1
     assert _counter(fleet, "b", "tenant_w") == 1
+
+
+def test_a_run_whose_moved_tenant_the_move_brought_up_exits_0(fleet):
+    """c's tenants were at t3 already: the move brought tenant_x's copy
+    there, so the run that let it go is done with it."""
+    project = _set_up(fleet)
+    fleet.tenants("b", "tenant_w")
+    project.run("upgrade", check=0)
+    _slow_t3(project)
+    project.run("upgrade", "--database", "c", check=0)
+    code, report = _upgrade_moving_tenant_x(
+        fleet, project, "--tenant", "tenant_w", "--tenant", "tenant_x")
+    assert code == 0, report
+    assert _tenant_x_on_b(report) == []
+    assert fleet.version("c", "tenant_x") == ["t3"]
+    assert _counter(fleet, "c", "tenant_x") == 1

@@ -124,9 +124,12 @@ def test_batches_read_without_read_ahead_and_nothing_outlives_them(db):
         assert heads == {"t_00": ["aaa"], "t_03": ["aaa"]}
         assert connection.exec_driver_sql(
             "SHOW effective_io_concurrency").scalar() == default
+        assert connection.exec_driver_sql(
+            "SHOW row_security").scalar() == "on"
     reads = [s for s in sent if "UNION ALL" in s]
     assert reads and all(s.startswith(
-        "SET LOCAL effective_io_concurrency = 0; SELECT") for s in reads)
+        "SET LOCAL effective_io_concurrency = 0; "
+        "SET LOCAL row_security = off; SELECT") for s in reads)
 
 
 def test_no_setting_in_the_callers_transaction(db):
@@ -175,13 +178,16 @@ def test_an_owner_is_asked_about_privileges_it_revoked_from_itself(
         deploy.dispose()
     assert result["t_kept"].heads == ("aaa",)
     assert result["t_kept"].problem is None
-    # Told by the catalog (with the fix), not by a failed read.
-    assert result["t_no_usage"].problem.startswith(
+    # Told by the catalog, with the fix, not by a failed read.
+    assert result["t_no_usage"].problem == (
         f"permission denied: the role {roles.deploy} may not read schema "
-        "t_no_usage")
-    assert result["t_no_select"].problem.startswith(
+        "t_no_usage, though it owns it (its own privilege was revoked): "
+        f'GRANT USAGE ON SCHEMA "t_no_usage" TO "{roles.deploy}"')
+    assert result["t_no_select"].problem == (
         f"permission denied: the role {roles.deploy} may not read the "
-        "version table t_no_select.alembic_version")
+        "version table t_no_select.alembic_version, though it owns it (its "
+        "own privilege was revoked): GRANT SELECT ON "
+        f'"t_no_select"."alembic_version" TO "{roles.deploy}"')
     # A superuser reads them all.
     with db.connect() as connection:
         result = versions.read_schema_versions(
@@ -216,3 +222,27 @@ def test_a_privilege_the_catalog_does_not_show_is_the_schemas_problem(
     assert result["t_ok"].heads == ("aaa",)
     assert result["t_denied"].problem.startswith(
         "permission denied for table alembic_version")
+
+
+def test_a_version_table_hiding_its_rows_is_reported_not_read_as_base(
+        roles):
+    # Row security forced on the owner, no policy: a plain read sees no
+    # row, as if the schema were at base.
+    deploy = sa.create_engine(roles.url(roles.deploy))
+    create_schemas(deploy, "t_hidden", "t_plain")
+    _version_table(deploy, "t_hidden", "alembic_version", "aaa")
+    _version_table(deploy, "t_plain", "alembic_version", "bbb")
+    with deploy.begin() as connection:
+        connection.exec_driver_sql(
+            "ALTER TABLE t_hidden.alembic_version ENABLE ROW LEVEL SECURITY")
+        connection.exec_driver_sql(
+            "ALTER TABLE t_hidden.alembic_version FORCE ROW LEVEL SECURITY")
+    try:
+        with deploy.connect() as connection:
+            result = versions.read_schema_versions(
+                connection, ["t_hidden", "t_plain"], "alembic_version")
+    finally:
+        deploy.dispose()
+    assert result["t_plain"].heads == ("bbb",)
+    assert "row-level security" in result["t_hidden"].problem
+    assert result["t_hidden"].heads == ()

@@ -49,22 +49,45 @@ def _wait(text):
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
+#: A list item whose JSON is longer than this is itself indented (a
+#: branch of an upgrade, with every schema in it), not one line.
+_LONGEST_LINE = 2000
+
+
 def json_text(document, indent=""):
     """``document`` as JSON for people and programs alike: objects
     indented by two spaces, as ``json.dumps`` with ``indent=2`` would,
-    but the items of a list of objects one to a line, written by json's C
-    encoder (``indent`` makes json use its pure-Python one: 0.3 s for
-    10,000 tenants, a tenth of what doctor takes)."""
+    but the items of a list of objects one to a line (a tenant, a run, a
+    finding), written by json's C encoder; an item longer than
+    :data:`_LONGEST_LINE` is indented in turn. (``indent`` makes json use
+    its pure-Python encoder: 0.3 s for 10,000 tenants, a tenth of what
+    doctor takes.)"""
     inner = indent + "  "
     if isinstance(document, dict) and document:
         return "{\n" + ",\n".join(
-            f"{inner}{json.dumps(str(key))}: {json_text(value, inner)}"
+            f"{inner}{_json_key(key)}: {json_text(value, inner)}"
             for key, value in document.items()) + f"\n{indent}}}"
     if isinstance(document, list) and any(
             isinstance(item, (dict, list)) for item in document):
         return "[\n" + ",\n".join(
-            inner + json.dumps(item) for item in document) + f"\n{indent}]"
+            inner + _json_line(item, inner) for item in document) + (
+            f"\n{indent}]")
     return json.dumps(document)
+
+
+def _json_line(item, indent):
+    line = json.dumps(item)
+    if len(line) > _LONGEST_LINE and isinstance(item, (dict, list)):
+        return json_text(item, indent)
+    return line
+
+
+def _json_key(key):
+    if isinstance(key, str):
+        return json.dumps(key)
+    # As json.dumps writes a number, true, false or null key (a string),
+    # or refuses any other.
+    return json.dumps({key: 0})[1:-4]
 
 
 def _get_config_loader(config_uri):
@@ -490,10 +513,14 @@ class TenantMigrateCommand:
         migrator = self._fleet_member(
             self._load(options.config_uri, config_vars), command)
         method = getattr(self, "command_" + command.replace("-", "_"))
-        # What is loaded by now (SQLAlchemy, Alembic, the app) outlives the
-        # command: the collector need not walk it each time the command's
-        # objects (rows for 10,000 tenants) set off a full collection.
-        gc.freeze()
+        # What is loaded by now (SQLAlchemy, Alembic, the app's settings)
+        # outlives the command: the collector need not walk it each time
+        # the command's objects (rows for 10,000 tenants) set off a full
+        # collection. Not when the caller manages frozen objects itself
+        # (unfreezing would undo its freeze too).
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.freeze()
         try:
             if (command in self.tenant_commands
                     and migrator.settings.tenant_source_setting is None):
@@ -507,7 +534,8 @@ class TenantMigrateCommand:
                     env["closer"]()
             return method(migrator, positionals)
         finally:
-            gc.unfreeze()
+            if freeze:
+                gc.unfreeze()
 
     def _one_positional(self, positionals, name, required):
         if len(positionals) > 1:
