@@ -174,7 +174,7 @@ def _read_catalog(connection, schemas, version_table):
 #: security off: a version table whose policies hide its rows from this
 #: role (``FORCE ROW LEVEL SECURITY``) is refused, and reported, instead
 #: of read as a schema at base.
-_NO_READ_AHEAD = ("SET LOCAL effective_io_concurrency = 0; "
+_BATCH_SETTINGS = ("SET LOCAL effective_io_concurrency = 0; "
                   "SET LOCAL row_security = off; ")
 
 
@@ -198,7 +198,7 @@ def _read_batch(connection, batch, version_table, commit, problems=None):
             return heads
         try:
             # Not in a caller's transaction: SET LOCAL would outlive us.
-            prefix = _NO_READ_AHEAD if commit else ""
+            prefix = _BATCH_SETTINGS if commit else ""
             rows = connection.exec_driver_sql(
                 prefix + _union_sql(batch, version_table)).fetchall()
         except DBAPIError as exc:

@@ -461,28 +461,9 @@ def test_a_pass_reaching_the_tenant_after_its_move_still_exits_0(fleet):
     project = _set_up(fleet)
     fleet.tenants("b", "tenant_w")  # migrated first on b, slowly
     project.run("upgrade", check=0)
-    project.write_revision("tenant", "t3", "t2", """
-        op.execute("UPDATE counter SET n = n + 1")
-        op.execute("SELECT pg_sleep(CASE WHEN current_schema() = "
-                   "'tenant_w' THEN 4 ELSE 0.05 END)")
-        """)
-    upgrade = project.start("upgrade", "--json", "--workers", "1")
-    try:
-        def sleeping():
-            with fleet.engines["b"].connect() as connection:
-                return connection.exec_driver_sql(
-                    "SELECT count(*) FROM pg_stat_activity WHERE state = "
-                    "'active' AND query LIKE '%%pg_sleep(CASE%%' "
-                    "AND pid <> pg_backend_pid()").scalar()
-        _until(sleeping, what="tenant_w's migration")
-        project.run("move-tenant", "tenant_x", "--to", "c", check=0)
-        assert sleeping()  # the pass has not reached tenant_x yet
-        out, err = upgrade.communicate(timeout=300)
-    finally:
-        if upgrade.poll() is None:
-            upgrade.kill()
-    assert upgrade.returncode == 0, out + err
-    report = json.loads(out)
+    _slow_t3(project)
+    code, report = _upgrade_moving_tenant_x(fleet, project)
+    assert code == 0, report
     assert report["ok"]
     on_b = report["databases"][1]["report"]
     assert "tenant_x was moved to database c during the run" in (
@@ -515,6 +496,7 @@ def _upgrade_moving_tenant_x(fleet, project, *args):
                     "AND pid <> pg_backend_pid()").scalar()
         _until(sleeping, what="tenant_w's migration")
         project.run("move-tenant", "tenant_x", "--to", "c", check=0)
+        assert sleeping()  # the pass has not reached tenant_x yet
         out, err = upgrade.communicate(timeout=300)
     finally:
         if upgrade.poll() is None:

@@ -425,6 +425,14 @@ class TenantMigrateCommand:
         if not self.quiet:
             print(text, file=self.stdout)
 
+    def out_report(self, report, **render):
+        """``report`` as JSON (``--json``) or as text
+        (``render_text(**render)``)."""
+        if self.options.json:
+            self.out(json_text(report.to_dict()))
+        else:
+            self.out(report.render_text(**render))
+
     def err(self, text):
         print(text, file=self.stderr)
 
@@ -619,10 +627,7 @@ class TenantMigrateCommand:
         rev_range = self._one_positional(positionals, "revision range",
                                          False)
         report = commands.lint(migrator, rev_range)
-        if self.options.json:
-            self.out(json_text(report.to_dict()))
-        else:
-            self.out(report.render_text())
+        self.out_report(report)
         return 0 if report.ok else 1
 
     def command_downgrade(self, migrator, positionals):
@@ -795,10 +800,7 @@ class TenantMigrateCommand:
         status = commands.current(migrator, tenants=self.options.tenant,
                                   exclude_tenants=self.options.exclude_tenant,
                                   databases=tuple(self.options.database))
-        if self.options.json:
-            self.out(json_text(status.to_dict()))
-        else:
-            self.out(status.render_text(verbose=self.options.verbose))
+        self.out_report(status, verbose=self.options.verbose)
         return 0
 
     def command_doctor(self, migrator, positionals):
@@ -816,10 +818,7 @@ class TenantMigrateCommand:
                                    tuple(options.database), **selection)
         else:
             report = commands.doctor(migrator, **selection)
-        if options.json:
-            self.out(json_text(report.to_dict()))
-        else:
-            self.out(report.render_text(verbose=options.verbose))
+        self.out_report(report, verbose=options.verbose)
         return 0 if report.ok else 1
 
     def command_fill_spares(self, migrator, positionals):
@@ -830,10 +829,7 @@ class TenantMigrateCommand:
             raise UsageError("--count must be 0 or more")
         report = commands.fill_spares(migrator, count=count,
                                       lock_wait=self.options.wait)
-        if self.options.json:
-            self.out(json_text(report.to_dict()))
-        else:
-            self.out(report.render_text())
+        self.out_report(report)
         return 0
 
     def command_placements(self, migrator, positionals):
@@ -844,10 +840,7 @@ class TenantMigrateCommand:
                              "tenantmigrate.databases is not set")
         report = repair(migrator, fix=self.options.repair,
                         lock_wait=self.options.wait)
-        if self.options.json:
-            self.out(json_text(report.to_dict()))
-        else:
-            self.out(report.render_text())
+        self.out_report(report)
         return 0 if report.ok else 1
 
     def command_move_tenant(self, migrator, positionals):
@@ -864,10 +857,7 @@ class TenantMigrateCommand:
                              + ", ".join(migrator.fleet.names) + ")")
         report = move_tenant(migrator, name, self.options.to,
                              wait=self.options.wait)
-        if self.options.json:
-            self.out(json_text(report.to_dict()))
-        else:
-            self.out(report.render_text())
+        self.out_report(report)
         return 0
 
     def command_history(self, migrator, positionals):
