@@ -7,6 +7,10 @@ canonical rows and does the comparing:
 
 - :func:`read_references` reads a reference: its rows, and its *body*
   (every row as one line, the lines in a fixed order, as one text);
+- :func:`read_digests` reduces, in one statement for any number of
+  schemas, each one's rows to a *digest* (a count and two hashes, from
+  raw catalog fields where that is cheaper); a schema whose digest is its
+  reference's is what its reference is;
 - :func:`check_schemas` answers, in one statement for any number of
   schemas, whether each one's body is its reference's body, and a
   *shape* (an md5) by which drifting schemas that look alike are grouped;
@@ -101,18 +105,19 @@ def _unqualified(expression):
     return f"substr({sql}, 2)"
 
 
-# Each part of the UNION ALL yields (nsp, parent, kind, name, fields,
-# sort_name): ``parent`` is the table a column, constraint, index, trigger
-# or owned sequence belongs to, so that a missing table is reported once,
-# not with each of its parts (the owner of a sequence is looked up only
-# for ``:details``). It is not in the body: the fields say it.
-# ``sort_name`` orders a function by its name without the schema's
-# qualifier (its argument types carry it); NULL: by its name. pg_class is
-# read once for all the schemas (``relations``: their rows of it; it has
-# no index on the schema); the other catalog tables through their index on
-# the relation (the ``OFFSET 0`` subqueries keep the planner from
-# scanning them whole), so that a statement's work is its share of the
-# tenants, whatever their number.
+# Each part of the UNION ALL yields (nsp, qualifier, parent, kind, name,
+# fields, sort_name): ``qualifier`` is the schema's (see ``_DIGESTS``);
+# ``parent`` is the table a column, constraint, index, trigger or owned
+# sequence belongs to, so that a missing table is reported once, not with
+# each of its parts (the owner of a sequence is looked up only for
+# ``:details``). It is not in the body: the fields say it. ``sort_name``
+# orders a function by its name without the schema's qualifier (its
+# argument types carry it); NULL: by its name. pg_class is read once for
+# all the schemas (``relations``: their rows of it; it has no index on the
+# schema); the other catalog tables through their index on the relation
+# (the ``OFFSET 0`` subqueries keep the planner from scanning them whole),
+# so that a statement's work is its share of the tenants, whatever their
+# number.
 _OBJECTS = """
 WITH target AS MATERIALIZED (
     SELECT n.oid AS nsp, n.nspname AS schema_name,
@@ -162,14 +167,14 @@ indexes AS MATERIALIZED (
     WHERE t.relkind IN ('r', 'p', 'm')
 ),
 constraints AS MATERIALIZED (
-    SELECT t.nsp, t.oid AS relid, t.relname, k.*
+    SELECT t.nsp, t.qualifier, t.oid AS relid, t.relname, k.*
     FROM tables t
     CROSS JOIN LATERAL (
         SELECT k.oid, k.conname, k.contype, k.condeferrable,
                k.condeferred, k.convalidated, k.conindid, k.conkey,
                k.confrelid, k.confkey, k.confupdtype, k.confdeltype,
                k.confmatchtype, k.confdelsetcols, k.connoinherit,
-               k.conbin{extra_constraint_columns}
+               k.conexclop, k.conbin{extra_constraint_columns}
         FROM pg_catalog.pg_constraint k
         WHERE k.conrelid = t.oid AND k.contype <> 'n'
         OFFSET 0) k
@@ -284,7 +289,8 @@ index_keys AS MATERIALIZED (
     GROUP BY i.indexrelid
 ),
 objects AS (
-    SELECT t.nsp, NULL::text AS parent, 'table' AS kind, t.relname AS name,
+    SELECT t.nsp, t.qualifier, NULL::text AS parent, 'table' AS kind,
+           t.relname AS name,
            ARRAY[
                CASE t.relkind WHEN 'r' THEN 'table'
                    WHEN 'p' THEN 'partitioned table'
@@ -307,7 +313,7 @@ objects AS (
     FROM tables t
     WHERE t.relkind IN ('r', 'p', 'f')
   UNION ALL
-    SELECT t.nsp, NULL, 'view', t.relname,
+    SELECT t.nsp, t.qualifier, NULL, 'view', t.relname,
            ARRAY[CASE t.relkind WHEN 'v' THEN 'view'
                      ELSE 'materialized view' END,
                  pg_catalog.pg_get_viewdef(t.oid)],
@@ -315,7 +321,8 @@ objects AS (
     FROM tables t
     WHERE t.relkind IN ('v', 'm')
   UNION ALL
-    SELECT c.nsp, c.relname, 'column', c.relname || '.' || c.attname,
+    SELECT c.nsp, c.qualifier, c.relname, 'column',
+           c.relname || '.' || c.attname,
            ARRAY[pg_catalog.format_type(c.atttypid, c.atttypmod),
                  CASE WHEN c.attnotnull THEN 'NOT NULL' ELSE 'NULL' END,
                  pg_catalog.pg_get_expr(d.adbin, CASE WHEN c.attgenerated
@@ -336,7 +343,8 @@ objects AS (
         OFFSET 0) d ON true
     WHERE c.relkind IN ('r', 'p', 'f')
   UNION ALL
-    SELECT k.nsp, k.relname, 'constraint', k.relname || '.' || k.conname,
+    SELECT k.nsp, k.qualifier, k.relname, 'constraint',
+           k.relname || '.' || k.conname,
            ARRAY[CASE k.contype WHEN 'p' THEN 'primary key'
                      WHEN 'u' THEN 'unique' WHEN 'f' THEN 'foreign key'
                      WHEN 'c' THEN 'check' WHEN 'x' THEN 'exclusion'
@@ -376,7 +384,7 @@ objects AS (
     LEFT JOIN check_inputs ci ON ci.oid = k.oid
     LEFT JOIN checks ch ON ch.input = ci.input
   UNION ALL
-    SELECT i.nsp, i.relname, 'index', ic.relname,
+    SELECT i.nsp, ic.qualifier, i.relname, 'index', ic.relname,
            ARRAY[i.relname,
                  CASE WHEN i.indisunique THEN 'UNIQUE ' ELSE '' END
                  || am.amname || ' (' || ik.keys || ')'
@@ -396,7 +404,7 @@ objects AS (
     JOIN pg_catalog.pg_am am ON am.oid = ic.relam
     JOIN index_keys ik ON ik.indexrelid = i.indexrelid
   UNION ALL
-    SELECT t.nsp, CASE WHEN :details THEN (
+    SELECT t.nsp, t.qualifier, CASE WHEN :details THEN (
                SELECT owner.relname
                FROM pg_catalog.pg_depend dep
                JOIN pg_catalog.pg_class owner ON owner.oid = dep.refobjid
@@ -420,7 +428,7 @@ objects AS (
         OFFSET 0) s
     WHERE t.relkind = 'S'
   UNION ALL
-    SELECT t.nsp, NULL, 'type', ty.typname,
+    SELECT t.nsp, t.qualifier, NULL, 'type', ty.typname,
            ARRAY[CASE ty.typtype WHEN 'e' THEN 'enum'
                      WHEN 'd' THEN 'domain' WHEN 'r' THEN 'range'
                      ELSE 'composite' END,
@@ -466,7 +474,8 @@ objects AS (
           WHERE dep.classid = 'pg_catalog.pg_type'::regclass
             AND dep.objid = ty.oid AND dep.deptype = 'e')
   UNION ALL
-    SELECT t.nsp, t.relname, 'trigger', t.relname || '.' || tg.tgname,
+    SELECT t.nsp, t.qualifier, t.relname, 'trigger',
+           t.relname || '.' || tg.tgname,
            ARRAY[pg_catalog.pg_get_triggerdef(tg.oid),
                  CASE tg.tgenabled WHEN 'D' THEN 'disabled'
                      WHEN 'R' THEN 'replica only' WHEN 'A' THEN 'always'
@@ -480,7 +489,7 @@ objects AS (
         OFFSET 0) tg
     WHERE t.relkind IN ('r', 'p', 'f', 'v') AND t.relhastriggers
   UNION ALL
-    SELECT t.nsp, NULL, 'function',
+    SELECT t.nsp, t.qualifier, NULL, 'function',
            p.proname || '('
                || pg_catalog.pg_get_function_identity_arguments(p.oid)
                || ')',
@@ -542,6 +551,101 @@ CROSS JOIN LATERAL (
     SELECT replace(r.body, r.qualifier, t.qualifier) AS body) w
 """
 
+# A schema's *digest*: its rows reduced to a count and two 64-bit hashes,
+# each the bit_xor of its rows' hashes (no two rows are equal: each names
+# its object), so that nothing is sorted or joined into one text. Tables,
+# views, sequences, types, triggers and functions (one row in ten) are
+# hashed as the lines of the body (the parts of ``objects`` above; the
+# planner prunes the others). Columns, constraints and indexes are hashed
+# as records of their raw catalog fields (numbers, arrays of numbers,
+# node trees), a third cheaper than writing their definitions. Each raw
+# field stands for what the definition written from it shows, or more: a
+# key is its column numbers, and each column's row has its number and
+# name; a primary key, unique or exclusion constraint has its index's
+# name (PostgreSQL renames one with the other), and that index's row its
+# definition; a foreign key names a table of the schema by name, any other
+# by OID (the reference is in the same database). So equal digests mean
+# equal bodies. Equal bodies may have different digests (columns in
+# another order, an operator class or a function of the schema's own named
+# by OID in a node tree): that only sends the schema to the exact check.
+# Node trees are read without ``:location`` (the place in the statement
+# that made them, which PostgreSQL before 17 keeps: another schema name
+# before it moves it). The schema's own qualifier is replaced by chr(29),
+# as the reference's is: a false match would need a tenant to spell that
+# control character where the reference names its own schema, which the
+# server's quoting of names does not write.
+_DIGESTS = """,
+lines AS (
+    SELECT o.nsp, hashtextextended(o.line, 0) AS first,
+           hashtextextended(o.line, 1) AS second
+    FROM (
+        SELECT o.nsp, replace(
+                   o.kind || chr(31) || o.name || chr(31)
+                   || array_to_string(o.fields, chr(31), chr(30)),
+                   o.qualifier, chr(29)) COLLATE "C" AS line
+        FROM objects o
+        WHERE o.kind IN ('table', 'view', 'sequence', 'type', 'trigger',
+                         'function')) o
+  UNION ALL
+    SELECT r.nsp, hash_record_extended(r.fields, 0),
+           hash_record_extended(r.fields, 1)
+    FROM (
+        SELECT c.nsp, ROW(
+                   text 'column', c.relname, c.attnum, c.attname,
+                   replace(pg_catalog.format_type(c.atttypid, c.atttypmod),
+                           c.qualifier, chr(29)),
+                   c.attnotnull, c.attidentity, c.attgenerated,
+                   c.attcollation,
+                   replace(pg_catalog.pg_get_expr(d.adbin, CASE WHEN
+                               c.attgenerated <> '' THEN d.adrelid ELSE 0
+                               END),
+                           c.qualifier, chr(29))) AS fields
+        FROM columns c
+        LEFT JOIN LATERAL (
+            SELECT d.adbin, d.adrelid
+            FROM pg_catalog.pg_attrdef d
+            WHERE c.atthasdef AND d.adrelid = c.relid
+              AND d.adnum = c.attnum
+            OFFSET 0) d ON true
+      UNION ALL
+        SELECT k.nsp, ROW(
+                   text 'constraint', k.relname, k.conname, k.contype,
+                   k.condeferrable, k.condeferred, k.convalidated,
+                   k.conkey, k.confkey, (
+                       SELECT CASE WHEN r.relnamespace = k.nsp
+                           THEN chr(29) || r.relname ELSE r.oid::text END
+                       FROM pg_catalog.pg_class r
+                       WHERE r.oid = k.confrelid),
+                   k.confupdtype, k.confdeltype, k.confmatchtype,
+                   k.confdelsetcols, k.connoinherit, k.conexclop,
+                   regexp_replace(CAST(k.conbin AS text),
+                                  ' \\:location -?[0-9]+', '', 'g')
+                   {extra_digest_fields})
+        FROM constraints k
+      UNION ALL
+        SELECT i.nsp, ROW(
+                   text 'index', ic.relname, i.relname, ic.relam, i.indkey,
+                   i.indclass, i.indcollation, i.indoption, i.indnkeyatts,
+                   i.indisunique, i.indnullsnotdistinct, i.indisvalid,
+                   ic.reloptions,
+                   regexp_replace(CAST(i.indexprs AS text),
+                                  ' \\:location -?[0-9]+', '', 'g'),
+                   regexp_replace(CAST(i.indpred AS text),
+                                  ' \\:location -?[0-9]+', '', 'g'))
+        FROM indexes i
+        JOIN relations ic ON ic.oid = i.indexrelid
+        OFFSET 0) r
+)
+SELECT t.schema_name, coalesce(d.lines, 0), coalesce(d.first, 0),
+       coalesce(d.second, 0)
+FROM target t
+LEFT JOIN (
+    SELECT nsp, count(*) AS lines, bit_xor(first) AS first,
+           bit_xor(second) AS second
+    FROM lines
+    GROUP BY nsp) d ON d.nsp = t.nsp
+"""
+
 _ROWS = """
 SELECT t.schema_name, t.qualifier, o.kind, o.name, o.parent, o.fields
 FROM target t
@@ -554,17 +658,18 @@ _SINCE_18 = {
     "{extra_constraint_columns}": ", k.conenforced, k.conperiod",
     "{plain_foreign_key}": " AND k.conenforced AND NOT k.conperiod",
     "{extra_check_inputs}": ", k.conenforced::text",
+    "{extra_digest_fields}": ", k.conenforced, k.conperiod",
 }
 
 
 @functools.cache
 def _statement(name, major):
-    """The statement ``name`` (``_ROWS``, ``_READ_BODIES``, ``_CHECK``),
-    after the objects, for a server of version ``major``."""
-    sql = _OBJECTS
+    """The statement ``name`` (``_ROWS``, ``_READ_BODIES``, ``_DIGESTS``,
+    ``_CHECK``), after the objects, for a server of version ``major``."""
+    sql = _OBJECTS + globals()[name]
     for placeholder, since_18 in _SINCE_18.items():
         sql = sql.replace(placeholder, since_18 if major >= 18 else "")
-    return text(sql + globals()[name])
+    return text(sql)
 
 
 def _major(connection):
@@ -594,8 +699,8 @@ class SchemaObjects(dict):
         super().__init__()
         self.qualifier = qualifier
         self.parents = {}
-        #: The body (only read for references).
-        self.body = None
+        #: The body and the digest (only read for references).
+        self.body = self.digest = None
 
     def renamed(self, qualifier):
         """These rows as the server would write them in the schema whose
@@ -643,19 +748,34 @@ def read_references(connection, schemas, version_table):
         "details": False})
     for schema, _, body in rows:
         objects[schema].body = body
+    for schema, digest in read_digests(connection, schemas,
+                                       version_table).items():
+        objects[schema].digest = digest
     return objects
+
+
+def read_digests(connection, schemas, version_table):
+    """``{schema: digest}`` for those of ``schemas`` that exist: a
+    schema's catalog reduced to three numbers, equal in two schemas only
+    if their bodies are (see ``_DIGESTS``). Call it in a transaction (it
+    sets ``search_path`` for it)."""
+    connection.exec_driver_sql(_PATH)
+    rows = connection.execute(_statement("_DIGESTS", _major(connection)), {
+        "schemas": list(schemas), "version_table": version_table,
+        "details": False})
+    return {schema: tuple(digest) for schema, *digest in rows}
 
 
 def check_schemas(connection, expected, version_table):
     """``{schema: shape}`` for the schemas of ``expected`` (``{schema: a
     reference from read_references}``) that exist: ``None`` when the
-    schema is what its reference is, else an md5 of its rows without its
+    schema's body is its reference's, else an md5 of its rows without its
     own name, equal for schemas that differ alike. One statement for all.
     Call it in a transaction (it sets ``search_path`` for it)."""
+    connection.exec_driver_sql(_PATH)
     references = list({id(r): r for r in expected.values()}.values())
     position = {id(r): index for index, r in enumerate(references, 1)}
     schemas = list(expected)
-    connection.exec_driver_sql(_PATH)
     rows = connection.execute(_statement("_CHECK", _major(connection)), {
         "schemas": schemas, "version_table": version_table, "details": False,
         "expected": [position[id(expected[s])] for s in schemas],

@@ -13,10 +13,14 @@ tenants :func:`.commands.doctor` selected and whose versions it read:
    the head's: a tenant behind the head is not drifting, ``current`` and
    ``upgrade`` deal with that; one behind *and* changed by hand is;
 2. **one statement per worker** for all the tenants
-   (:func:`.catalog.check_schemas`): the server tells which tenants'
-   catalogs are their reference's, and groups the others by how they look;
-3. **details for the few that differ**: the rows of one tenant per group,
-   compared in Python (:func:`.catalog.compare`).
+   (:func:`.catalog.read_digests`): the server reduces each tenant's
+   catalog to a digest; a tenant whose digest is its reference's is as
+   its revision builds it;
+3. **details for the few that differ**: their rows, compared in Python
+   (:func:`.catalog.compare`); when many differ, the server first tells
+   which are their reference's after all and groups the others by how
+   they look (:func:`.catalog.check_schemas`), and one tenant per group
+   is read.
 
 Nothing is committed, no tenant is locked, and the scratch schemas are
 never seen by another session. A tenant migrated while doctor runs may
@@ -27,7 +31,13 @@ import threading
 
 from sqlalchemy.exc import DBAPIError
 
-from .catalog import check_schemas, compare, read_objects, read_references
+from .catalog import (
+    check_schemas,
+    compare,
+    read_digests,
+    read_objects,
+    read_references,
+)
 from .engine.sql import timeouts_sql
 from .errors import CatalogUnreadable, DatabaseUnavailable, describe_error
 from .plan import TENANT, branch_heads
@@ -48,6 +58,11 @@ from .workers import WorkerPool
 #: Tenants per worker below which fewer connections check them: each
 #: statement scans pg_class once, whatever its share.
 PARALLEL_FROM = 500
+
+#: Tenants of a worker whose digest differs from their reference's up to
+#: which their objects are read and compared straight away; past it (a
+#: fleet drifted alike), the server groups them first.
+READ_DIRECTLY = 100
 
 #: Reads of the catalog made before giving up (see :func:`read_only`).
 _ATTEMPTS = 3
@@ -201,63 +216,90 @@ def build_references(migrator, revisions):
 def check_tenants(migrator, expected):
     """``{schema: [difference, ...]}`` (empty: as expected) for the
     schemas of ``expected`` (``{schema: reference}``) that exist: every
-    schema checked on the server (:func:`read_shapes`), then the rows of
-    one schema of each group that differs alike read and compared."""
-    shapes = read_shapes(migrator, expected)
+    schema's digest compared with its reference's on the server
+    (:func:`check_shares`), the few that differ read and compared; when
+    many differ, the server groups them first and one schema of each
+    group is read."""
+    found, shapes = check_shares(migrator, expected)
     groups = {}  # (reference, shape) -> the schema read for the group
     for schema, shape in shapes.items():
-        if shape is not None:
-            groups.setdefault((id(expected[schema]), shape), schema)
-    found = {}
+        groups.setdefault((id(expected[schema]), shape), schema)
+    objects = {}
     if groups:
         with migrator.connect() as connection:
-            found = read_only(connection, lambda: read_objects(
+            objects = read_only(connection, lambda: read_objects(
                 connection, groups.values(),
                 migrator.settings.version_table))
-    described = {key: compare(found[schema], expected[schema])
-                 if schema in found else []
+    described = {key: compare(objects[schema], expected[schema])
+                 if schema in objects else []
                  for key, schema in groups.items()}
-    return {schema: [] if shape is None else (
-                described[id(expected[schema]), shape]
-                or [dict(CHANGED_MEANWHILE)])
-            for schema, shape in shapes.items()}
+    for schema, shape in shapes.items():
+        found[schema] = (described[id(expected[schema]), shape]
+                         or [dict(CHANGED_MEANWHILE)])
+    return found
 
 
-def read_shapes(migrator, expected):
-    """``{schema: None or shape}`` (see :func:`.catalog.check_schemas`)
-    for the schemas of ``expected`` that exist.
+def check_shares(migrator, expected):
+    """``({schema: [difference, ...]}, {schema: shape})`` for the schemas
+    of ``expected`` that exist, each in one of the two (see
+    :func:`check_share`).
 
-    The schemas are split in one batch per worker (``tenantmigrate.workers``
-    connections, :class:`~.workers.WorkerPool`), each checked by one
-    statement: the server's work is describing each object, which backends
-    running side by side share."""
+    The schemas are split in one share per worker (``tenantmigrate.workers``
+    connections, :class:`~.workers.WorkerPool`): the server's work is
+    describing each object, which backends running side by side share."""
     schemas = list(expected)
     workers = max(1, min(migrator.settings.workers,
                          len(schemas) // PARALLEL_FROM))
     size = max(1, -(-len(schemas) // workers))
-    batches = [schemas[start:start + size]
-               for start in range(0, len(schemas), size)]
-    shapes = {}
+    shares = [schemas[start:start + size]
+              for start in range(0, len(schemas), size)]
+    found, shapes = {}, {}
     guard = threading.Lock()
 
-    def check(connection, batch):
-        found = read_only(connection, lambda: check_schemas(
-            connection, {s: expected[s] for s in batch},
+    def check(connection, share):
+        differences, groups = read_only(connection, lambda: check_share(
+            connection, {s: expected[s] for s in share},
             migrator.settings.version_table))
         with guard:
-            shapes.update(found)
+            found.update(differences)
+            shapes.update(groups)
 
-    if len(batches) > 1:
+    if len(shares) > 1:
         pool = WorkerPool(lambda: migrator.connect(migrator.run_engine),
-                          len(batches), name="tenantmigrate-doctor")
-        pool.run(batches, lambda worker, batch: check(worker.connection,
-                                                      batch))
+                          len(shares), name="tenantmigrate-doctor")
+        pool.run(shares, lambda worker, share: check(worker.connection,
+                                                     share))
         if pool.aborted:
             raise pool.connect_error or DatabaseUnavailable(pool.aborted)
-    elif batches:
+    elif shares:
         with migrator.connect() as connection:
-            check(connection, batches[0])
-    return shapes
+            check(connection, shares[0])
+    return found, shapes
+
+
+def check_share(connection, expected, version_table):
+    """One worker's share of :func:`check_shares`: the digests of the
+    schemas of ``expected`` (one statement), then, for those whose digest
+    is not their reference's, either their objects, compared here (up to
+    :data:`READ_DIRECTLY` of them), or their shapes
+    (:func:`.catalog.check_schemas`, one statement: schemas that differ
+    alike share a shape, one of each is read afterwards)."""
+    digests = read_digests(connection, expected, version_table)
+    found = {schema: [] for schema, digest in digests.items()
+             if digest == expected[schema].digest}
+    unsure = {schema: expected[schema] for schema in digests
+              if schema not in found}
+    if len(unsure) > READ_DIRECTLY:
+        shapes = check_schemas(connection, unsure, version_table)
+        found.update((schema, []) for schema, shape in shapes.items()
+                     if shape is None)
+        return found, {schema: shape for schema, shape in shapes.items()
+                       if shape is not None}
+    if unsure:
+        objects = read_objects(connection, unsure, version_table)
+        found.update((schema, compare(objects[schema], unsure[schema]))
+                     for schema in objects)
+    return found, {}
 
 
 def read_only(connection, read):
