@@ -574,15 +574,38 @@ CROSS JOIN LATERAL (
 # as the reference's is: a false match would need a tenant to spell that
 # control character where the reference names its own schema, which the
 # server's quoting of names does not write.
-_DIGESTS = """,
+def _marked(expression, qualifier):
+    """SQL for the text ``expression`` with the schema's ``qualifier``
+    replaced by chr(29) and ``1``, once any chr(29) in it is followed by
+    ``0``: a text is marked the same in every schema, and two texts
+    differently (a qualifier never starts with ``0``)."""
+    return (f"replace(replace({expression}, chr(29), chr(29) || '0'), "
+            f"{qualifier}, chr(29) || '1')")
+
+
+def _tree(tree, relation, qualifier):
+    """SQL for the node tree ``tree`` in a digest: as stored, without
+    ``:location``; written out by ``pg_get_expr`` and marked instead when
+    it holds a number of five digits or more (the OID of an object made
+    after initdb: an enum, a type or a function of the schema's own, whose
+    OID is the tenant's, not the reference's)."""
+    stripped = (f"regexp_replace(CAST({tree} AS text), "
+                "' \\:location -?[0-9]+', '', 'g')")
+    written = _marked(f"pg_catalog.pg_get_expr({tree}, {relation})",
+                      qualifier)
+    return (f"CASE WHEN {stripped} ~ '[0-9]{{5}}' THEN chr(29) || {written} "
+            f"ELSE {stripped} END")
+
+
+_DIGESTS = (""",
 lines AS (
     SELECT o.nsp, hashtextextended(o.line, 0) AS first,
            hashtextextended(o.line, 1) AS second
     FROM (
-        SELECT o.nsp, replace(
-                   o.kind || chr(31) || o.name || chr(31)
-                   || array_to_string(o.fields, chr(31), chr(30)),
-                   o.qualifier, chr(29)) COLLATE "C" AS line
+        SELECT o.nsp, """ + _marked(
+            "o.kind || chr(31) || o.name || chr(31) "
+            "|| array_to_string(o.fields, chr(31), chr(30))",
+            "o.qualifier") + """ COLLATE "C" AS line
         FROM objects o
         WHERE o.kind IN ('table', 'view', 'sequence', 'type', 'trigger',
                          'function')) o
@@ -592,14 +615,15 @@ lines AS (
     FROM (
         SELECT c.nsp, ROW(
                    text 'column', c.relname, c.attnum, c.attname,
-                   replace(pg_catalog.format_type(c.atttypid, c.atttypmod),
-                           c.qualifier, chr(29)),
+                   """ + _marked(
+                       "pg_catalog.format_type(c.atttypid, c.atttypmod)",
+                       "c.qualifier") + """,
                    c.attnotnull, c.attidentity, c.attgenerated,
                    c.attcollation,
-                   replace(pg_catalog.pg_get_expr(d.adbin, CASE WHEN
-                               c.attgenerated <> '' THEN d.adrelid ELSE 0
-                               END),
-                           c.qualifier, chr(29))) AS fields
+                   """ + _marked(
+                       "pg_catalog.pg_get_expr(d.adbin, CASE WHEN "
+                       "c.attgenerated <> '' THEN d.adrelid ELSE 0 END)",
+                       "c.qualifier") + """) AS fields
         FROM columns c
         LEFT JOIN LATERAL (
             SELECT d.adbin, d.adrelid
@@ -618,8 +642,7 @@ lines AS (
                        WHERE r.oid = k.confrelid),
                    k.confupdtype, k.confdeltype, k.confmatchtype,
                    k.confdelsetcols, k.connoinherit, k.conexclop,
-                   regexp_replace(CAST(k.conbin AS text),
-                                  ' \\:location -?[0-9]+', '', 'g')
+                   """ + _tree("k.conbin", "k.relid", "k.qualifier") + """
                    {extra_digest_fields})
         FROM constraints k
       UNION ALL
@@ -628,10 +651,10 @@ lines AS (
                    i.indclass, i.indcollation, i.indoption, i.indnkeyatts,
                    i.indisunique, i.indnullsnotdistinct, i.indisvalid,
                    ic.reloptions,
-                   regexp_replace(CAST(i.indexprs AS text),
-                                  ' \\:location -?[0-9]+', '', 'g'),
-                   regexp_replace(CAST(i.indpred AS text),
-                                  ' \\:location -?[0-9]+', '', 'g'))
+                   """ + _tree("i.indexprs", "i.indrelid", "ic.qualifier")
+                   + """,
+                   """ + _tree("i.indpred", "i.indrelid", "ic.qualifier")
+                   + """)
         FROM indexes i
         JOIN relations ic ON ic.oid = i.indexrelid
         OFFSET 0) r
@@ -644,7 +667,7 @@ LEFT JOIN (
            bit_xor(second) AS second
     FROM lines
     GROUP BY nsp) d ON d.nsp = t.nsp
-"""
+""")
 
 _ROWS = """
 SELECT t.schema_name, t.qualifier, o.kind, o.name, o.parent, o.fields
