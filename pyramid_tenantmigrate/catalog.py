@@ -52,8 +52,9 @@ an extension, and ``NOT NULL`` constraints (PostgreSQL 18 lists them; the
 column's nullability says the same). See :data:`FIELDS` for what each
 kind of row holds. Not compared: column order, privileges, owners,
 comments, row-level security policies, statistics objects, operator
-class parameters of index columns, which column owns a sequence, and rows
-(sequence values included).
+class parameters of index columns, which column owns a sequence, a
+domain's collation, a range type's collation, operator class and
+functions, and rows (sequence values included).
 """
 import functools
 import re
