@@ -516,14 +516,17 @@ objects AS (
 # quote a field with a '"' in it). Sorted by kind, then name without the
 # schema's qualifier (a function's argument types carry it), in the C
 # collation: the same order in the reference and in each tenant.
+#: A row of ``objects`` as one line of a body.
+_LINE = ("o.kind || chr(31) || o.name || chr(31) "
+         "|| array_to_string(o.fields, chr(31), chr(30))")
+
 _BODIES = """,
 bodies AS MATERIALIZED (
     SELECT t.schema_name, t.qualifier, coalesce(b.body, '') AS body
     FROM target t
     LEFT JOIN (
         SELECT o.nsp, string_agg(
-                   o.kind || chr(31) || o.name || chr(31)
-                   || array_to_string(o.fields, chr(31), chr(30)),
+                   """ + _LINE + """,
                    chr(10) ORDER BY o.kind COLLATE "C",
                    coalesce(o.sort_name, o.name) COLLATE "C",
                    o.name COLLATE "C") AS body
@@ -567,14 +570,13 @@ CROSS JOIN LATERAL (
 # definition; a foreign key names a table of the schema by name, any other
 # by OID (the reference is in the same database). So equal digests mean
 # equal bodies. Equal bodies may have different digests (columns in
-# another order, an operator class or a function of the schema's own named
-# by OID in a node tree): that only sends the schema to the exact check.
-# Node trees are read without ``:location`` (the place in the statement
-# that made them, which PostgreSQL before 17 keeps: another schema name
-# before it moves it). The schema's own qualifier is replaced by chr(29),
-# as the reference's is: a false match would need a tenant to spell that
-# control character where the reference names its own schema, which the
-# server's quoting of names does not write.
+# another order, an operator class or a collation of the schema's own,
+# named by OID): that only sends the schema to the exact check. Node
+# trees are read without ``:location`` (the place in the statement that
+# made them, which PostgreSQL before 17 keeps: another schema name before
+# it moves it), and written out where they name an object by a large OID
+# (see :func:`_tree`). The schema's own qualifier is marked as the
+# reference's is (see :func:`_marked`).
 def _marked(expression, qualifier):
     """SQL for the text ``expression`` with the schema's ``qualifier``
     replaced by chr(29) and ``1``, once any chr(29) in it is followed by
@@ -587,9 +589,11 @@ def _marked(expression, qualifier):
 def _tree(tree, relation, qualifier):
     """SQL for the node tree ``tree`` in a digest: as stored, without
     ``:location``; written out by ``pg_get_expr`` and marked instead when
-    it holds a number of five digits or more (the OID of an object made
-    after initdb: an enum, a type or a function of the schema's own, whose
-    OID is the tenant's, not the reference's)."""
+    it holds a number of five digits or more: the OID of an object made by
+    initdb or after it (an enum, a type or a function of the schema's own,
+    whose OID is the tenant's, not the reference's; or a collation, or a
+    large type modifier, which are the same in both and only cost the
+    writing)."""
     stripped = (f"regexp_replace(CAST({tree} AS text), "
                 "' \\:location -?[0-9]+', '', 'g')")
     written = _marked(f"pg_catalog.pg_get_expr({tree}, {relation})",
@@ -603,10 +607,8 @@ lines AS (
     SELECT o.nsp, hashtextextended(o.line, 0) AS first,
            hashtextextended(o.line, 1) AS second
     FROM (
-        SELECT o.nsp, """ + _marked(
-            "o.kind || chr(31) || o.name || chr(31) "
-            "|| array_to_string(o.fields, chr(31), chr(30))",
-            "o.qualifier") + """ COLLATE "C" AS line
+        SELECT o.nsp, """ + _marked(_LINE, "o.qualifier") + """
+                   COLLATE "C" AS line
         FROM objects o
         WHERE o.kind IN ('table', 'view', 'sequence', 'type', 'trigger',
                          'function')) o
