@@ -662,7 +662,8 @@ DRIFT_KINDS_18 = {
 }
 
 
-def test_a_digest_differs_wherever_the_body_does(db, server_version):
+def test_a_digest_differs_wherever_the_body_does(db, server_version,
+                                                monkeypatch):
     """The digest (the first, cheap comparison) must differ from the
     reference's for every drift the exact comparison of bodies finds, or
     doctor would pass a drifting tenant; and be equal for copies made by
@@ -689,14 +690,32 @@ def test_a_digest_differs_wherever_the_body_does(db, server_version):
                         changes.get(kind, "")):
                 if sql:
                     connection.exec_driver_sql(sql.replace("{s}", quoted))
-    with db.connect() as connection, connection.begin():
-        reference = catalog.read_references(
-            connection, ["tenant_ref"], "alembic_version")["tenant_ref"]
-        expected = {schema: reference for schema in schemas}
-        digests = catalog.read_digests(connection, schemas, "alembic_version")
-        exact = catalog.check_schemas(connection, expected, "alembic_version")
-        found, shapes = drift.check_share(connection, expected,
-                                          "alembic_version")
+    def read(reference=None):
+        with db.connect() as connection, connection.begin():
+            if reference is None:
+                reference = catalog.read_references(
+                    connection, ["tenant_ref"],
+                    "alembic_version")["tenant_ref"]
+            expected = {schema: reference for schema in schemas}
+            return (
+                reference,
+                catalog.read_digests(connection, schemas, "alembic_version"),
+                catalog.check_schemas(connection, expected,
+                                      "alembic_version"),
+                drift.check_share(connection, expected, "alembic_version"),
+                catalog.read_objects(connection, schemas, "alembic_version"))
+
+    reference, digests, exact, (found, shapes), objects = read()
+    # A statement for a few schemas looks their objects up, one for many
+    # scans the catalog for them: the same rows, bodies and digests.
+    monkeypatch.setattr(catalog, "LOOK_UP_UNTIL", 0)
+    scanned = read()
+    assert (scanned[0], scanned[0].body, scanned[0].digest) == \
+        (reference, reference.body, reference.digest)
+    assert scanned[1:] == (digests, exact, (found, shapes), objects)
+    assert {s: o.parents for s, o in scanned[4].items()} == \
+        {s: o.parents for s, o in objects.items()}
+    assert len(objects) == len(schemas)
     assert {s: digests[s] == reference.digest for s in clean} == \
         dict.fromkeys(clean, True)
     drifting = {kind: schema for schema, kind in schemas.items()
