@@ -677,14 +677,16 @@ LEFT JOIN objects o ON o.nsp = t.nsp
 #: How a statement finds its schemas' relations, types and functions.
 #: pg_class, pg_type and pg_proc have no index on the schema: a statement
 #: for many schemas scans each once (``scanned``; at 10,000 tenants, 50-60
-#: ms a statement, whatever the number of schemas). One for a few schemas
-#: (references, tenants that differ, ``--tenant``) finds them through
-#: pg_depend's index on the referenced object instead (``looked_up``:
-#: about 10 ms for one schema; past about a thousand, the lookups cost
-#: more than the scans). Each table, view, sequence, standalone type and
+#: ms a statement, whatever the number of schemas). One for up to
+#: :data:`LOOK_UP_UNTIL` schemas (references, tenants that differ,
+#: ``--tenant``, a small fleet's shares) finds them through pg_depend's
+#: index on the referenced object instead (``looked_up``: about 10 ms for
+#: one schema; past about a thousand, the lookups cost more than the
+#: scans). Each table, view, sequence, standalone type and
 #: function depends on its schema (PostgreSQL records it when it makes
 #: one, and moves it with ``SET SCHEMA``); a composite type's relation is
-#: found through its type, an index through its table.
+#: found through its type, an index through its table. An OID is only
+#: unique in its catalog: each lookup is made in the member's.
 _FOUND = {
     "scanned": {
         "{members}": "",
@@ -731,13 +733,15 @@ members AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT ty.*
         FROM pg_catalog.pg_type ty
-        WHERE ty.oid = t.objid AND ty.typnamespace = t.nsp
+        WHERE t.classid = 'pg_catalog.pg_type'::regclass
+          AND ty.oid = t.objid AND ty.typnamespace = t.nsp
         OFFSET 0) ty""",
         "{functions}": """members t
     CROSS JOIN LATERAL (
         SELECT p.*
         FROM pg_catalog.pg_proc p
-        WHERE p.oid = t.objid AND p.pronamespace = t.nsp
+        WHERE t.classid = 'pg_catalog.pg_proc'::regclass
+          AND p.oid = t.objid AND p.pronamespace = t.nsp
         OFFSET 0) p""",
     },
 }
@@ -758,8 +762,8 @@ _SINCE_18 = {
 
 #: Before PostgreSQL 17, a node tree keeps where in its statement each
 #: node was (``:location``; since, -1): another schema name before it
-#: moves it, so digests take it out (a tenth of the statement's time;
-#: since 17, nothing to take out).
+#: moves it, so digests take it out (7-9% of the statement's time; since
+#: 17, nothing to take out).
 _BEFORE_17 = {
     "{strip_from}": "regexp_replace(",
     "{strip_to}": ", ' \\:location -?[0-9]+', '', 'g')",

@@ -1,13 +1,10 @@
 """Reading the revision of many schemas in few round trips.
 
 Asking Alembic for each tenant's version costs a table lookup and a query
-per tenant. :func:`read_schema_versions` reads the version tables with one
+per tenant. :func:`read_schema_versions` asks the catalog once which of the
+schemas exist and have a version table, then reads those tables with one
 ``UNION ALL`` statement per batch of schemas, the batches spread over a
-few connections. Only a batch that fails (a schema without its version
-table, or one this role may not read) asks the catalog which of its
-schemas exist, have the table and may be read, and is read again without
-the others: asking first for 10,000 tenants that are all there took a
-tenth of a second that nothing else could use.
+few connections.
 
 Why it is shaped like this (measured at 10,000 tenants, see ``bench/``):
 
@@ -120,31 +117,26 @@ def read_schema_versions(connection, schemas, version_table,
     schemas = list(dict.fromkeys(schemas))
     if not schemas:
         return {}
-    catalog = {}
+    catalog = _read_catalog(connection, schemas, version_table)
     if commit:
-        with_table = schemas  # see above: the catalog only after a failure
-    else:
-        # A failed statement would end the caller's transaction.
-        catalog = _read_catalog(connection, schemas, version_table)
-        with_table = [name for name in schemas
-                      if catalog[name][1] and catalog[name][2] is None]
+        connection.commit()
     problems = {name: entry[2] for name, entry in catalog.items()
                 if entry[2] is not None}
+    with_table = [name for name in schemas
+                  if catalog[name][1] and name not in problems]
     batches = [with_table[start:start + batch_size]
                for start in range(0, len(with_table), batch_size)]
     heads = {}
     if commit and connect is not None and workers > 1 and len(batches) > 1:
         _read_in_parallel(connect, batches, version_table,
-                          min(workers, len(batches)), heads, problems,
-                          catalog)
+                          min(workers, len(batches)), heads, problems)
     else:
         for batch in batches:
             heads.update(_read_batch(connection, batch, version_table,
-                                     commit, problems, catalog))
+                                     commit, problems))
     versions = {}
     for name in schemas:
-        # Not in the catalog's answer: read in a batch that did not fail.
-        exists, has_table, _ = catalog.get(name, (True, True, None))
+        exists, has_table, _ = catalog[name]
         problem = problems.get(name)
         # A table that vanished after the catalog check reads as base.
         has_table = has_table and name in heads and problem is None
@@ -194,14 +186,11 @@ def _union_sql(batch, version_table):
         for index, schema in enumerate(batch))
 
 
-def _read_batch(connection, batch, version_table, commit, problems=None,
-                catalog=None):
+def _read_batch(connection, batch, version_table, commit, problems=None):
     """``{schema: [revision, ...]}`` for the schemas of ``batch`` whose
     version table is there when read; schemas that turn out unreadable
-    go to ``problems``. When the read fails, what the catalog says of the
-    batch's schemas goes to ``catalog`` (see :func:`_read_catalog`)."""
+    go to ``problems``."""
     problems = {} if problems is None else problems
-    catalog = {} if catalog is None else catalog
     for attempt in range(_RETRIES + 1):
         heads = {schema: [] for schema in batch}
         if not batch:
@@ -218,20 +207,19 @@ def _read_batch(connection, batch, version_table, commit, problems=None,
                     or not commit or attempt == _RETRIES):
                 raise
             connection.rollback()
-            found = _read_catalog(connection, batch, version_table)
+            catalog = _read_catalog(connection, batch, version_table)
             connection.commit()
-            catalog.update(found)
             for name in batch:
-                if found[name][2] is not None:
-                    problems[name] = found[name][2]
-            batch = [name for name in batch
-                     if found[name][1] and name not in problems]
+                if catalog[name][2] is not None:
+                    problems[name] = catalog[name][2]
             if code == _INSUFFICIENT_PRIVILEGE and not any(
-                    found[name][2] for name in found):
+                    catalog[name][2] for name in batch):
                 # Privileges the catalog does not show (row security, a
                 # revoked grant in flight): read one by one to tell.
                 return _read_one_by_one(connection, batch, version_table,
-                                        problems, catalog, exc)
+                                        problems, exc)
+            batch = [name for name in batch
+                     if catalog[name][1] and name not in problems]
             continue
         if commit:
             connection.commit()
@@ -240,8 +228,7 @@ def _read_batch(connection, batch, version_table, commit, problems=None,
         return heads
 
 
-def _read_one_by_one(connection, batch, version_table, problems, catalog,
-                     error):
+def _read_one_by_one(connection, batch, version_table, problems, error):
     """Read the schemas of ``batch`` one at a time, after ``error``; a
     schema whose own read fails has that failure as its problem."""
     if len(batch) == 1:
@@ -251,7 +238,7 @@ def _read_one_by_one(connection, batch, version_table, problems, catalog,
     for name in batch:
         try:
             heads.update(_read_batch(connection, [name], version_table,
-                                     True, problems, catalog))
+                                     True, problems))
         except DBAPIError as exc:
             connection.rollback()
             problems[name] = _error_text(exc)
@@ -263,14 +250,14 @@ def _error_text(exc):
 
 
 def _read_in_parallel(connect, batches, version_table, workers, heads,
-                      problems, catalog):
+                      problems):
     """Read ``batches`` over ``workers`` connections of the one job
     runner, each taking the next batch when it is done with one."""
     guard = threading.Lock()
 
     def work(worker, batch):
         found = _read_batch(worker.connection, batch, version_table, True,
-                            problems, catalog)
+                            problems)
         with guard:
             heads.update(found)
 

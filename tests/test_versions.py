@@ -132,30 +132,6 @@ def test_batches_read_without_read_ahead_and_nothing_outlives_them(db):
         "SET LOCAL row_security = off; SELECT") for s in reads)
 
 
-def test_the_catalog_is_asked_only_about_a_batch_that_fails(db):
-    """Schemas that all have their version table are read straight away;
-    a batch with one that has none (or is missing) asks the catalog about
-    its own schemas, and is read again without it."""
-    schemas = _setup(db)
-    sent = _statements_sent(db)
-    with_table = [s for i, s in enumerate(schemas[:9]) if i % 3 != 2]
-    with db.connect() as connection:
-        result = versions.read_schema_versions(
-            connection, with_table, "alembic_version", batch_size=2)
-    assert {s: v.has_version_table for s, v in result.items()} == \
-        dict.fromkeys(with_table, True)
-    assert not [s for s in sent if "pg_roles" in s]
-    del sent[:]
-    with db.connect() as connection:
-        result = versions.read_schema_versions(
-            connection, schemas, "alembic_version", batch_size=2)
-    _check(result, schemas)
-    # Batches of two: t_02, t_05, t_08 have no table, "missing" no schema;
-    # t_00 and t_01, t_06 and t_07 are read without asking.
-    asked = [s for s in sent if "pg_roles" in s]
-    assert len(asked) == 4
-
-
 def test_no_setting_in_the_callers_transaction(db):
     _setup(db)
     sent = _statements_sent(db)
