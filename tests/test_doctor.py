@@ -690,12 +690,10 @@ def test_a_digest_differs_wherever_the_body_does(db, server_version,
                         changes.get(kind, "")):
                 if sql:
                     connection.exec_driver_sql(sql.replace("{s}", quoted))
-    def read(reference=None):
+    def read():
         with db.connect() as connection, connection.begin():
-            if reference is None:
-                reference = catalog.read_references(
-                    connection, ["tenant_ref"],
-                    "alembic_version")["tenant_ref"]
+            reference = catalog.read_references(
+                connection, ["tenant_ref"], "alembic_version")["tenant_ref"]
             expected = {schema: reference for schema in schemas}
             return (
                 reference,
