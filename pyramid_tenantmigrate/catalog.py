@@ -674,6 +674,26 @@ FROM target t
 LEFT JOIN objects o ON o.nsp = t.nsp
 """
 
+def _in_schema(catalog, alias, namespace):
+    """``{way: FROM clause}`` naming each schema ``t`` and its rows of
+    ``catalog`` (``alias``; ``namespace`` is their schema's column), for
+    each way of :data:`_FOUND`."""
+    return {
+        "scanned": f"""target t
+    JOIN pg_catalog.{catalog} {alias} ON {alias}.{namespace} = t.nsp""",
+        "looked_up": f"""members t
+    CROSS JOIN LATERAL (
+        SELECT {alias}.*
+        FROM pg_catalog.{catalog} {alias}
+        WHERE t.classid = 'pg_catalog.{catalog}'::regclass
+          AND {alias}.oid = t.objid AND {alias}.{namespace} = t.nsp
+        OFFSET 0) {alias}""",
+    }
+
+
+_TYPES = _in_schema("pg_type", "ty", "typnamespace")
+_FUNCTIONS = _in_schema("pg_proc", "p", "pronamespace")
+
 #: How a statement finds its schemas' relations, types and functions.
 #: pg_class, pg_type and pg_proc have no index on the schema: a statement
 #: for many schemas scans each once (``scanned``; at 10,000 tenants, 50-60
@@ -682,20 +702,18 @@ LEFT JOIN objects o ON o.nsp = t.nsp
 #: ``--tenant``, a small fleet's shares) finds them through pg_depend's
 #: index on the referenced object instead (``looked_up``: about 10 ms for
 #: one schema; past about a thousand, the lookups cost more than the
-#: scans). Each table, view, sequence, standalone type and
-#: function depends on its schema (PostgreSQL records it when it makes
-#: one, and moves it with ``SET SCHEMA``); a composite type's relation is
-#: found through its type, an index through its table. An OID is only
-#: unique in its catalog: each lookup is made in the member's.
+#: scans). Each table, view, sequence, standalone type and function
+#: depends on its schema (PostgreSQL records it when it makes one, and
+#: moves it with ``SET SCHEMA``); a composite type's relation is found
+#: through its type, an index through its table. An OID is only unique in
+#: its catalog: each lookup is made in the member's.
 _FOUND = {
     "scanned": {
         "{members}": "",
         "{relations}": """target r
     JOIN pg_catalog.pg_class c ON c.relnamespace = r.nsp""",
-        "{types}": """target t
-    JOIN pg_catalog.pg_type ty ON ty.typnamespace = t.nsp""",
-        "{functions}": """target t
-    JOIN pg_catalog.pg_proc p ON p.pronamespace = t.nsp""",
+        "{types}": _TYPES["scanned"],
+        "{functions}": _FUNCTIONS["scanned"],
     },
     "looked_up": {
         "{members}": """
@@ -729,20 +747,8 @@ members AS MATERIALIZED (
         FROM pg_catalog.pg_class c
         WHERE c.oid = m.oid AND c.relnamespace = r.nsp
         OFFSET 0) c""",
-        "{types}": """members t
-    CROSS JOIN LATERAL (
-        SELECT ty.*
-        FROM pg_catalog.pg_type ty
-        WHERE t.classid = 'pg_catalog.pg_type'::regclass
-          AND ty.oid = t.objid AND ty.typnamespace = t.nsp
-        OFFSET 0) ty""",
-        "{functions}": """members t
-    CROSS JOIN LATERAL (
-        SELECT p.*
-        FROM pg_catalog.pg_proc p
-        WHERE t.classid = 'pg_catalog.pg_proc'::regclass
-          AND p.oid = t.objid AND p.pronamespace = t.nsp
-        OFFSET 0) p""",
+        "{types}": _TYPES["looked_up"],
+        "{functions}": _FUNCTIONS["looked_up"],
     },
 }
 
